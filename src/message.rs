@@ -1,0 +1,547 @@
+//! Pure: raw bytes → [`Inbound`], the owned facts the decision needs.
+//!
+//! Nothing here can fail: a message that cannot be read is still an
+//! `Inbound`, carrying [`Anomaly`] values that the decision turns into a
+//! quarantine. Only the header section is parsed (mail-parser's
+//! `parse_headers`), so a pathological body (10,000 nested multiparts, a
+//! 40 MB attachment) costs nothing here; the DKIM body hash is mail-auth's
+//! linear pass over the bytes.
+
+use std::net::IpAddr;
+
+use mail_parser::{Address, HeaderName, HeaderValue, Host, MessageParser};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{DomainName, normalize_domain};
+
+/// What arrived, as far as the policy is concerned.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inbound {
+    /// Hex SHA-256 of the raw bytes: the message's identity in the case log.
+    pub sha256: String,
+    pub size: usize,
+    /// `Message-ID` with its angle brackets, as the message gave it.
+    pub message_id: Option<String>,
+    /// The decoded subject, sanitised (no control or bidi characters).
+    pub subject: Option<String>,
+    /// The single author mailbox, or why there is none that can be trusted.
+    pub from: Result<Mailbox, SenderProblem>,
+    /// The topmost `Return-Path` (the envelope sender recorded at delivery).
+    pub return_path: Option<ReturnPath>,
+    /// `Received` lines, topmost (most recent) first.
+    pub received: Vec<Hop>,
+    /// Message-IDs named in `In-Reply-To` and `References`, with brackets.
+    pub thread_ids: Vec<String>,
+    /// Why this message is itself automatic (RFC 3834), if it is.
+    pub automatic: Option<String>,
+    /// Problems that make the message impossible to judge safely.
+    pub anomalies: Vec<Anomaly>,
+}
+
+/// An author address that passed the syntax checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Mailbox {
+    /// `local@domain`, the domain normalised.
+    pub address: String,
+    pub local: String,
+    pub domain: DomainName,
+}
+
+/// Why the author of a message cannot be established.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum SenderProblem {
+    #[error("no From header")]
+    Missing,
+    #[error("{0} From headers")]
+    SeveralHeaders(usize),
+    #[error("From holds {0} mailboxes")]
+    SeveralMailboxes(usize),
+    #[error("From is a group")]
+    Group,
+    #[error("From address cannot be read")]
+    Unreadable,
+    #[error("From domain is not a valid domain name")]
+    BadDomain,
+}
+
+/// The recorded envelope sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReturnPath {
+    /// `<>`: a bounce or other automatic message.
+    Null,
+    Address(String),
+}
+
+/// One `Received` line, as mail-parser reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hop {
+    /// The whole line, unfolded, sanitised: kept as evidence.
+    pub raw: String,
+    /// The `by` host name, normalised.
+    pub by: Option<DomainName>,
+    /// The name the client gave in HELO/EHLO (the `from` clause).
+    pub helo: Option<String>,
+    /// The client address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`).
+    pub ip: Option<IpAddr>,
+    /// The `with` protocol, uppercase (`ESMTPS`, `LMTP`, ...).
+    pub with: Option<String>,
+}
+
+impl Hop {
+    /// SMTP-family transfer (RFC 3848 and RFC 6531 keywords), as opposed
+    /// to LMTP or local delivery, which only move mail within the host.
+    pub fn is_smtp(&self) -> bool {
+        matches!(
+            self.with.as_deref(),
+            Some(
+                "SMTP"
+                    | "ESMTP"
+                    | "ESMTPA"
+                    | "ESMTPS"
+                    | "ESMTPSA"
+                    | "UTF8SMTP"
+                    | "UTF8SMTPA"
+                    | "UTF8SMTPS"
+                    | "UTF8SMTPSA"
+            )
+        )
+    }
+}
+
+/// A reason a message cannot be judged on its merits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Anomaly {
+    #[error("message of {size} bytes exceeds limits.max_message_bytes ({limit})")]
+    Oversized { size: usize, limit: usize },
+    #[error("no header section")]
+    NoHeaders,
+}
+
+impl Inbound {
+    /// The author domain when the sender is well formed.
+    pub fn from_domain(&self) -> Option<&DomainName> {
+        self.from.as_ref().ok().map(|m| &m.domain)
+    }
+
+    /// The `from` value for output: the address, or the raw problem.
+    pub fn from_address(&self) -> Option<&str> {
+        self.from.as_ref().ok().map(|m| m.address.as_str())
+    }
+}
+
+/// How much of an oversized message is read to report on it: enough for
+/// any real header section.
+const OVERSIZED_HEADER_WINDOW: usize = 1 << 20;
+
+/// Reads a raw message. Never panics and never fails.
+pub fn parse(raw: &[u8], max_message_bytes: usize) -> Inbound {
+    let sha256 = hex::encode(Sha256::digest(raw));
+    let mut anomalies = Vec::new();
+    // An oversized message is judged on its header section alone: its body
+    // is neither parsed nor hashed for DKIM.
+    let view = if raw.len() > max_message_bytes {
+        anomalies.push(Anomaly::Oversized {
+            size: raw.len(),
+            limit: max_message_bytes,
+        });
+        header_section(&raw[..raw.len().min(OVERSIZED_HEADER_WINDOW)])
+    } else {
+        raw
+    };
+
+    let mut inbound = Inbound {
+        sha256,
+        size: raw.len(),
+        message_id: None,
+        subject: None,
+        from: Err(SenderProblem::Missing),
+        return_path: None,
+        received: Vec::new(),
+        thread_ids: Vec::new(),
+        automatic: None,
+        anomalies,
+    };
+
+    let parsed = MessageParser::new().parse_headers(view);
+    let headers = match &parsed {
+        Some(m) if !m.root_part().headers.is_empty() => &m.root_part().headers,
+        _ => {
+            inbound.anomalies.push(Anomaly::NoHeaders);
+            return inbound;
+        }
+    };
+
+    let mut froms: Vec<&HeaderValue> = Vec::new();
+    let mut list_header = None;
+    let mut auto_submitted = None;
+    let mut precedence = None;
+    let mut suppress = None;
+    for h in headers {
+        let raw_value = view
+            .get(h.offset_start as usize..h.offset_end as usize)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        match &h.name {
+            HeaderName::From => froms.push(&h.value),
+            HeaderName::MessageId if inbound.message_id.is_none() => {
+                inbound.message_id = h.value.as_text().map(|id| format!("<{}>", clean(id, 998)));
+            }
+            HeaderName::Subject if inbound.subject.is_none() => {
+                inbound.subject = h.value.as_text().map(|s| clean(s, 998));
+            }
+            HeaderName::ReturnPath if inbound.return_path.is_none() => {
+                inbound.return_path = Some(parse_return_path(&raw_value));
+            }
+            HeaderName::Received => inbound.received.push(hop(&h.value, &raw_value)),
+            HeaderName::InReplyTo | HeaderName::References => {
+                for id in ids(&h.value) {
+                    if inbound.thread_ids.len() < 100 && !inbound.thread_ids.contains(&id) {
+                        inbound.thread_ids.push(id);
+                    }
+                }
+            }
+            name => {
+                let n = name.as_str();
+                if n.len() > 5 && n.as_bytes()[..5].eq_ignore_ascii_case(b"list-") {
+                    list_header.get_or_insert_with(|| n.to_string());
+                } else if n.eq_ignore_ascii_case("auto-submitted") {
+                    auto_submitted.get_or_insert(raw_value);
+                } else if n.eq_ignore_ascii_case("precedence") {
+                    precedence.get_or_insert(raw_value);
+                } else if n.eq_ignore_ascii_case("x-auto-response-suppress") {
+                    suppress.get_or_insert(raw_value);
+                }
+            }
+        }
+    }
+
+    inbound.from = sender(&froms);
+    inbound.automatic = automatic(
+        auto_submitted.as_deref(),
+        precedence.as_deref(),
+        list_header.as_deref(),
+        suppress.as_deref(),
+        inbound.return_path.as_ref(),
+        inbound.from.as_ref().ok(),
+    );
+    inbound
+}
+
+/// The bytes up to and including the blank line that ends the header
+/// section (or everything, when there is none).
+fn header_section(raw: &[u8]) -> &[u8] {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|p| p + 2))
+        .unwrap_or(raw.len());
+    &raw[..end]
+}
+
+fn sender(froms: &[&HeaderValue]) -> Result<Mailbox, SenderProblem> {
+    let value = match froms {
+        [] => return Err(SenderProblem::Missing),
+        [one] => one,
+        several => return Err(SenderProblem::SeveralHeaders(several.len())),
+    };
+    let addr = match value {
+        HeaderValue::Address(Address::List(list)) => match list.as_slice() {
+            [one] => one,
+            [] => return Err(SenderProblem::Unreadable),
+            several => return Err(SenderProblem::SeveralMailboxes(several.len())),
+        },
+        HeaderValue::Address(Address::Group(_)) => return Err(SenderProblem::Group),
+        _ => return Err(SenderProblem::Unreadable),
+    };
+    let address = addr.address.as_deref().ok_or(SenderProblem::Unreadable)?;
+    mailbox(address).ok_or(SenderProblem::Unreadable).and_then(|m| m)
+}
+
+/// Splits and checks one address; the inner error distinguishes a bad
+/// domain from an address that is not an address at all.
+fn mailbox(address: &str) -> Option<Result<Mailbox, SenderProblem>> {
+    let (local, domain) = split_address(address)?;
+    Some(match normalize_domain(domain) {
+        Some(domain) => Ok(Mailbox {
+            address: format!("{local}@{domain}"),
+            local: local.to_string(),
+            domain,
+        }),
+        None => Err(SenderProblem::BadDomain),
+    })
+}
+
+/// `local@domain` split at the last `@`, both parts non-empty and free of
+/// whitespace, control characters and angle brackets.
+pub fn split_address(address: &str) -> Option<(&str, &str)> {
+    let (local, domain) = address.rsplit_once('@')?;
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 254
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ','))
+    };
+    (ok(local) && ok(domain)).then_some((local, domain))
+}
+
+/// Parses a configured single-mailbox header value such as
+/// `IVPN Legal <legal@ivpn.net>`, returning the address.
+pub fn parse_address_header(value: &str) -> Option<String> {
+    let raw = format!("From: {value}\r\n\r\n");
+    let parsed = MessageParser::new().parse_headers(raw.as_bytes())?;
+    let froms: Vec<&HeaderValue> = parsed
+        .root_part()
+        .headers
+        .iter()
+        .filter(|h| h.name == HeaderName::From)
+        .map(|h| &h.value)
+        .collect();
+    sender(&froms).ok().map(|m| m.address)
+}
+
+fn parse_return_path(raw: &str) -> ReturnPath {
+    let v = raw.trim();
+    let inner = v
+        .strip_prefix('<')
+        .and_then(|s| s.split_once('>').map(|(a, _)| a))
+        .unwrap_or(v)
+        .trim();
+    if inner.is_empty() {
+        ReturnPath::Null
+    } else {
+        ReturnPath::Address(clean(inner, 320))
+    }
+}
+
+fn hop(value: &HeaderValue, raw: &str) -> Hop {
+    let mut hop = Hop {
+        raw: clean(raw, 2000),
+        by: None,
+        helo: None,
+        ip: None,
+        with: None,
+    };
+    if let HeaderValue::Received(r) = value {
+        hop.by = match &r.by {
+            Some(Host::Name(n)) => normalize_domain(n),
+            _ => None,
+        };
+        hop.helo = match &r.from {
+            Some(Host::Name(n)) => Some(clean(n, 255)),
+            Some(Host::IpAddr(ip)) => Some(format!("[{ip}]")),
+            None => None,
+        };
+        hop.ip = r.from_ip.or(match &r.from {
+            Some(Host::IpAddr(ip)) => Some(*ip),
+            _ => None,
+        });
+        hop.with = r.with.map(|p| format!("{p:?}").to_ascii_uppercase());
+    }
+    hop
+}
+
+fn ids(value: &HeaderValue) -> Vec<String> {
+    match value {
+        HeaderValue::Text(t) => vec![format!("<{}>", clean(t, 998))],
+        HeaderValue::TextList(list) => list.iter().map(|t| format!("<{}>", clean(t, 998))).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Decides whether a message is itself automatic, following RFC 3834 §2
+/// and RFC 5230 §4.5 practice; returns the reason.
+fn automatic(
+    auto_submitted: Option<&str>,
+    precedence: Option<&str>,
+    list_header: Option<&str>,
+    suppress: Option<&str>,
+    return_path: Option<&ReturnPath>,
+    from: Option<&Mailbox>,
+) -> Option<String> {
+    if let Some(v) = auto_submitted {
+        let keyword = v.split(';').next().unwrap_or("").trim();
+        if !keyword.eq_ignore_ascii_case("no") {
+            return Some(format!("Auto-Submitted: {}", clean(keyword, 40)));
+        }
+    }
+    if let Some(v) = precedence {
+        let v = v.trim();
+        if ["bulk", "junk", "list"].iter().any(|p| v.eq_ignore_ascii_case(p)) {
+            return Some(format!("Precedence: {}", clean(v, 20)));
+        }
+    }
+    if let Some(name) = list_header {
+        return Some(format!("{} header", clean(name, 40)));
+    }
+    if let Some(v) = suppress {
+        for word in v.split(',').map(str::trim) {
+            if ["all", "autoreply", "oof"].iter().any(|w| word.eq_ignore_ascii_case(w)) {
+                return Some(format!("X-Auto-Response-Suppress: {}", clean(word, 20)));
+            }
+        }
+    }
+    match return_path {
+        Some(ReturnPath::Null) => return Some("empty return path".to_string()),
+        Some(ReturnPath::Address(a)) => {
+            if let Some(local) = a.rsplit_once('@').map(|(l, _)| l)
+                && is_automatic_local_part(local)
+            {
+                return Some(format!("return path {}", clean(a, 80)));
+            }
+        }
+        None => {}
+    }
+    if let Some(m) = from
+        && is_automatic_local_part(&m.local)
+    {
+        return Some(format!("sender {}", m.address));
+    }
+    None
+}
+
+/// Local parts that belong to software, not people.
+fn is_automatic_local_part(local: &str) -> bool {
+    let l = local.to_ascii_lowercase();
+    let l = l.trim_matches('"');
+    matches!(
+        l,
+        "mailer-daemon" | "postmaster" | "noreply" | "no-reply" | "no_reply" | "donotreply" | "do-not-reply" | "listserv" | "majordomo"
+    ) || l.starts_with("owner-")
+        || l.ends_with("-request")
+        || l.starts_with("bounce")
+}
+
+/// Makes header text safe to store, log and copy into a reply: control
+/// characters (CR and LF included) become spaces, Unicode bidi and
+/// invisible formatting characters are dropped, whitespace runs collapse,
+/// and the result is cut to `max` characters.
+pub fn clean(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max));
+    let mut last_space = true;
+    for c in s.chars() {
+        if out.chars().count() >= max {
+            break;
+        }
+        let c = if c.is_control() { ' ' } else { c };
+        if is_format_char(c) {
+            continue;
+        }
+        if c.is_whitespace() {
+            if !last_space {
+                out.push(' ');
+            }
+            last_space = true;
+        } else {
+            out.push(c);
+            last_space = false;
+        }
+    }
+    out.trim_end().to_string()
+}
+
+/// Bidirectional controls, zero-width and other invisible format
+/// characters (Unicode category Cf in the ranges that matter for display
+/// spoofing).
+fn is_format_char(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2069}'
+        | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Inbound {
+        parse(s.as_bytes(), 1 << 20)
+    }
+
+    fn check_from(from_lines: &str, expected: Result<&str, SenderProblem>) {
+        let m = parse_str(&format!("{from_lines}Subject: x\r\n\r\nbody\r\n"));
+        assert_eq!(m.from.map(|m| m.address).as_deref().map_err(Clone::clone), expected, "{from_lines:?}");
+    }
+
+    #[test]
+    fn sender_rules() {
+        check_from("From: Officer <officer@CID.Police.GI>\r\n", Ok("officer@cid.police.gi"));
+        check_from("From: \"officer@police.gi\" <x@evil.example>\r\n", Ok("x@evil.example"));
+        check_from("", Err(SenderProblem::Missing));
+        check_from("From: a@police.gi\r\nFrom: b@evil.example\r\n", Err(SenderProblem::SeveralHeaders(2)));
+        check_from("From: a@police.gi, b@evil.example\r\n", Err(SenderProblem::SeveralMailboxes(2)));
+        check_from("From: undisclosed:;\r\n", Err(SenderProblem::Group));
+        check_from("From: nobody\r\n", Err(SenderProblem::Unreadable));
+        check_from("From: x@bad_domain.example\r\n", Err(SenderProblem::BadDomain));
+    }
+
+    #[test]
+    fn received_lines_are_read() {
+        let m = parse_str(
+            "Received: from mail.police.gi (mail.police.gi [192.0.2.10])\r\n\tby mx1.ivpn.net (Postfix) with ESMTPS id 4X; Mon, 2 Nov 2026 10:00:00 +0000\r\n\
+             Received: from helo.example (unknown [IPv6:2001:db8::25])\r\n\tby mx1.ivpn.net (Postfix) with ESMTP id 5Y; Mon, 2 Nov 2026 10:00:00 +0000\r\n\
+             From: a@police.gi\r\n\r\nx\r\n",
+        );
+        assert_eq!(m.received.len(), 2);
+        let top = &m.received[0];
+        assert_eq!(top.by.as_ref().map(|d| d.as_str()), Some("mx1.ivpn.net"));
+        assert_eq!(top.helo.as_deref(), Some("mail.police.gi"));
+        assert_eq!(top.ip, Some("192.0.2.10".parse().unwrap()));
+        assert!(top.is_smtp());
+        assert_eq!(m.received[1].ip, Some("2001:db8::25".parse().unwrap()));
+        assert_eq!(m.received[1].helo.as_deref(), Some("helo.example"));
+    }
+
+    #[test]
+    fn automatic_messages() {
+        for (headers, automatic) in [
+            ("Auto-Submitted: auto-replied\r\n", true),
+            ("Auto-Submitted: no\r\n", false),
+            ("Precedence: bulk\r\n", true),
+            ("Precedence: first-class\r\n", false),
+            ("List-Id: <x.example>\r\n", true),
+            ("List-Unsubscribe: <mailto:x@example.com>\r\n", true),
+            ("X-Auto-Response-Suppress: DR, OOF\r\n", true),
+            ("X-Auto-Response-Suppress: DR\r\n", false),
+            ("Return-Path: <>\r\n", true),
+            ("Return-Path: <MAILER-DAEMON@police.gi>\r\n", true),
+            ("Return-Path: <officer@police.gi>\r\n", false),
+        ] {
+            let m = parse_str(&format!("{headers}From: officer@police.gi\r\n\r\nx\r\n"));
+            assert_eq!(m.automatic.is_some(), automatic, "{headers:?}: {:?}", m.automatic);
+        }
+        for local in ["postmaster", "owner-list", "list-request", "noreply", "MAILER-DAEMON"] {
+            let m = parse_str(&format!("From: {local}@police.gi\r\n\r\nx\r\n"));
+            assert!(m.automatic.is_some(), "{local}");
+        }
+    }
+
+    #[test]
+    fn header_text_is_cleaned() {
+        assert_eq!(clean("a\r\nBcc: x\u{202E}y\u{200B}", 100), "a Bcc: xy");
+        assert_eq!(clean("abcdef", 3), "abc");
+    }
+
+    #[test]
+    fn oversized_messages_are_judged_on_headers() {
+        let mut raw = b"From: a@police.gi\r\nSubject: big\r\n\r\n".to_vec();
+        raw.resize(5000, b'x');
+        let m = parse(&raw, 1024);
+        assert_eq!(m.anomalies, vec![Anomaly::Oversized { size: 5000, limit: 1024 }]);
+        assert_eq!(m.subject.as_deref(), Some("big"));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        for raw in [&b""[..], b"\0\0\0", b"\r\n\r\n", b"no colon here", b"\xff\xfe\xfd: \xff\r\n\r\n"] {
+            let m = parse(raw, 1 << 20);
+            assert!(m.from.is_err());
+        }
+    }
+}

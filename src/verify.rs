@@ -1,0 +1,171 @@
+//! The `verify` command: judge message files exactly as `run` would,
+//! writing nothing, and print SPEC.md's JSON objects or one line each.
+//!
+//! Messages are judged concurrently on the runtime's worker threads (RSA
+//! verification is CPU work) while the output keeps the order of the
+//! arguments; at most [`WINDOW`] messages are held in memory at once.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::authenticate::{AuthResult, DkimCheck};
+use crate::decide::{Decision, History};
+use crate::judge::{Judge, Judgement};
+
+/// Messages in flight at once.
+const WINDOW: usize = 64;
+
+/// One `verify --json` object (SPEC.md, Command line).
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub file: String,
+    pub message_id: Option<String>,
+    pub sha256: String,
+    pub from: Option<String>,
+    pub from_domain: Option<String>,
+    pub dkim: Vec<DkimCheck>,
+    pub spf: SpfReport,
+    pub dmarc: DmarcReport,
+    pub agency: Option<String>,
+    pub decision: Decision,
+    pub reason: String,
+    pub reply: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_suppressed: Option<String>,
+    pub subject: Option<String>,
+    pub size: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SpfReport {
+    pub result: AuthResult,
+    pub domain: Option<String>,
+    pub ip: Option<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub helo: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DmarcReport {
+    pub result: AuthResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+impl Report {
+    pub fn new(file: String, j: Judgement) -> Report {
+        let Judgement {
+            inbound,
+            evidence,
+            verdict,
+        } = j;
+        Report {
+            file,
+            message_id: inbound.message_id.clone(),
+            sha256: inbound.sha256.clone(),
+            from: inbound.from_address().map(str::to_string),
+            from_domain: inbound.from_domain().map(|d| d.to_string()),
+            dkim: evidence
+                .dkim
+                .into_iter()
+                .map(|c| DkimCheck {
+                    key_record: None,
+                    ..c
+                })
+                .collect(),
+            spf: SpfReport {
+                result: evidence.spf.result,
+                domain: evidence.spf.domain,
+                ip: evidence.spf.ip,
+                helo: evidence.spf.helo,
+                reason: evidence.spf.reason,
+            },
+            dmarc: DmarcReport {
+                result: evidence.dmarc.result,
+                policy: evidence.dmarc.policy,
+            },
+            agency: verdict.agency,
+            decision: verdict.decision,
+            reason: verdict.reason,
+            reply: verdict.reply,
+            reply_suppressed: verdict.reply_suppressed,
+            subject: inbound.subject,
+            size: inbound.size,
+        }
+    }
+
+    /// The one-line human form.
+    pub fn line(&self) -> String {
+        format!(
+            "{}: decision={} reply={} from={} agency={} reason=\"{}\"",
+            self.file,
+            self.decision.as_str(),
+            if self.reply { "yes" } else { "no" },
+            self.from.as_deref().unwrap_or("-"),
+            self.agency.as_deref().unwrap_or("-"),
+            self.reason.replace('"', "'"),
+        )
+    }
+}
+
+/// Reads a message file; `-` is standard input.
+pub fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("cannot read standard input")?;
+        Ok(buf)
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+/// Judges every file and writes the output. A file that cannot be read
+/// is reported on stderr and makes the exit status 1, after the others.
+pub async fn run(judge: Judge, files: Vec<PathBuf>, json: bool) -> anyhow::Result<bool> {
+    let single = files.len() == 1;
+    let mut pending = VecDeque::new();
+    let mut reports = Vec::new();
+    let mut all_read = true;
+    let mut stdout = std::io::stdout().lock();
+    let mut files = files.into_iter();
+    loop {
+        while pending.len() < WINDOW {
+            let Some(path) = files.next() else { break };
+            let judge = judge.clone();
+            pending.push_back(tokio::spawn(async move {
+                let name = path.display().to_string();
+                let raw = read_input(&path)?;
+                let j = judge.judge(&raw, &History::default()).await;
+                anyhow::Ok(Report::new(name, j))
+            }));
+        }
+        let Some(task) = pending.pop_front() else { break };
+        match task.await? {
+            Ok(report) if json => reports.push(report),
+            Ok(report) => writeln!(stdout, "{}", report.line())?,
+            Err(e) => {
+                all_read = false;
+                eprintln!("legal-intake: {e:#}");
+            }
+        }
+    }
+    if json {
+        if single && reports.len() == 1 {
+            serde_json::to_writer_pretty(&mut stdout, &reports[0])?;
+        } else {
+            serde_json::to_writer_pretty(&mut stdout, &reports)?;
+        }
+        writeln!(stdout)?;
+    }
+    stdout.flush()?;
+    Ok(all_read)
+}
