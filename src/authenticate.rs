@@ -188,7 +188,9 @@ impl Authenticator {
     /// the system's when none are configured.
     pub fn new(config: &Config) -> anyhow::Result<Authenticator> {
         let (resolver_config, mut opts) = if config.dns.nameservers.is_empty() {
-            read_system_conf().map_err(|e| anyhow::anyhow!("cannot read the system resolver configuration: {e}"))?
+            read_system_conf().map_err(|e| {
+                anyhow::anyhow!("cannot read the system resolver configuration: {e}")
+            })?
         } else {
             let servers = config
                 .dns
@@ -202,13 +204,18 @@ impl Authenticator {
                     NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
                 })
                 .collect();
-            (ResolverConfig::from_name_servers(servers), ResolverOpts::default())
+            (
+                ResolverConfig::from_name_servers(servers),
+                ResolverOpts::default(),
+            )
         };
         opts.timeout = config.dns.timeout;
         opts.attempts = 2;
         opts.cache_size = 4096;
         // Names are always absolute here; never append a search domain.
         opts.ndots = 0;
+        // Evidence comes from DNS alone, never from a local hosts file.
+        opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
         let resolver = MessageAuthenticator::new(resolver_config, opts)
             .map_err(|e| anyhow::anyhow!("cannot build the DNS resolver: {e}"))?;
         Ok(Authenticator {
@@ -229,7 +236,10 @@ impl Authenticator {
         }
         let deadline = Instant::now() + self.inner.budget;
         let from = inbound.from_domain();
-        let (dkim, spf) = tokio::join!(self.dkim(raw, from, deadline), self.spf(&inbound.received, inbound.return_path.as_ref(), deadline));
+        let (dkim, spf) = tokio::join!(
+            self.dkim(raw, from, deadline),
+            self.spf(&inbound.received, inbound.return_path.as_ref(), deadline)
+        );
         let mut evidence = Evidence {
             dkim,
             spf,
@@ -248,7 +258,12 @@ impl Authenticator {
         evidence
     }
 
-    async fn dkim(&self, raw: &[u8], from: Option<&DomainName>, deadline: Instant) -> Vec<DkimCheck> {
+    async fn dkim(
+        &self,
+        raw: &[u8],
+        from: Option<&DomainName>,
+        deadline: Instant,
+    ) -> Vec<DkimCheck> {
         let Some(mut message) = AuthenticatedMessage::parse(raw) else {
             return Vec::new();
         };
@@ -261,18 +276,21 @@ impl Authenticator {
             let (AuthError::Dkim(_) | AuthError::ParseError | AuthError::Base64) = &e.header else {
                 continue;
             };
-            let (domain, selector) = tags(e.value);
+            let (domain, selector, algorithm) = tags(e.value);
             let (result, reason) = match &e.header {
                 AuthError::Dkim(DkimError::SignatureLength) => (
                     AuthResult::Policy,
                     "body length limit (l=) not accepted: content could be appended".to_string(),
                 ),
-                other => (AuthResult::PermError, format!("malformed signature: {other}")),
+                other => (
+                    AuthResult::PermError,
+                    format!("malformed signature: {other}"),
+                ),
             };
             checks.push(DkimCheck {
                 domain,
                 selector,
-                algorithm: "unknown",
+                algorithm,
                 result,
                 reason: Some(reason),
                 key_record: None,
@@ -321,9 +339,17 @@ impl Authenticator {
         let examined: Vec<(String, String, &'static str)> = message
             .dkim_headers
             .iter()
-            .map(|h| (h.header.d.to_ascii_lowercase(), h.header.s.clone(), algorithm_name(h.header.a)))
+            .map(|h| {
+                (
+                    h.header.d.to_ascii_lowercase(),
+                    h.header.s.clone(),
+                    algorithm_name(h.header.a),
+                )
+            })
             .collect();
-        let outputs = tokio::time::timeout_at(deadline.into(), self.inner.resolver.verify_dkim(&message)).await;
+        let outputs =
+            tokio::time::timeout_at(deadline.into(), self.inner.resolver.verify_dkim(&message))
+                .await;
         let Ok(outputs) = outputs else {
             for (domain, selector, algorithm) in examined {
                 checks.push(DkimCheck {
@@ -347,14 +373,20 @@ impl Authenticator {
             let key_record = if result == AuthResult::TempError {
                 None
             } else {
-                self.txt(&key_name, deadline).await.ok().and_then(|r| r.into_iter().next())
+                self.txt(&key_name, deadline)
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_iter().next())
             };
-            if result == AuthResult::Pass && sig.a == Algorithm::RsaSha256 {
+            // The key size is checked whatever the library said, so that a
+            // short key is reported as what it is rather than as a bad
+            // signature.
+            if sig.a == Algorithm::RsaSha256 && result != AuthResult::TempError {
                 let bits = key_record
                     .as_deref()
                     .and_then(|r| DomainKey::parse(r.as_bytes()).ok())
                     .map(|k| k.p.public_key_bits());
-                if let Some(bits) = bits.filter(|b| *b < MIN_RSA_BITS) {
+                if let Some(bits) = bits.filter(|b| (1..MIN_RSA_BITS).contains(b)) {
                     result = AuthResult::Policy;
                     reason = Some(format!("RSA key of {bits} bits is too short (RFC 8301)"));
                 }
@@ -377,7 +409,8 @@ impl Authenticator {
     /// not looked at.
     pub fn trusted_hop<'a>(&self, hops: &'a [Hop]) -> Option<&'a Hop> {
         hops.iter().find(|h| {
-            h.by.as_ref().is_some_and(|by| self.inner.trusted_mx.contains(by))
+            h.by.as_ref()
+                .is_some_and(|by| self.inner.trusted_mx.contains(by))
                 && h.is_smtp()
                 && !h
                     .ip
@@ -385,7 +418,12 @@ impl Authenticator {
         })
     }
 
-    async fn spf(&self, hops: &[Hop], return_path: Option<&ReturnPath>, deadline: Instant) -> SpfCheck {
+    async fn spf(
+        &self,
+        hops: &[Hop],
+        return_path: Option<&ReturnPath>,
+        deadline: Instant,
+    ) -> SpfCheck {
         let Some(hop) = self.trusted_hop(hops) else {
             return SpfCheck::none("no Received line from a trusted MX (auth.trusted_mx)");
         };
@@ -408,7 +446,10 @@ impl Authenticator {
                 return check;
             }
         };
-        let Some(domain) = sender.rsplit_once('@').and_then(|(_, d)| normalize_domain(d)) else {
+        let Some(domain) = sender
+            .rsplit_once('@')
+            .and_then(|(_, d)| normalize_domain(d))
+        else {
             check.reason = Some("the envelope sender has no valid domain".into());
             check.envelope_from = Some(sender);
             return check;
@@ -417,7 +458,8 @@ impl Authenticator {
         check.envelope_from = Some(sender.clone());
         let host = hop.by.as_ref().map(|d| d.to_string()).unwrap_or_default();
         let params = SpfParameters::verify_mail_from(ip, &helo, &host, &sender);
-        match tokio::time::timeout_at(deadline.into(), self.inner.resolver.verify_spf(params)).await {
+        match tokio::time::timeout_at(deadline.into(), self.inner.resolver.verify_spf(params)).await
+        {
             Ok(output) => {
                 check.result = spf_result(output.result());
                 check.reason = match check.result {
@@ -434,14 +476,20 @@ impl Authenticator {
         if check.result != AuthResult::TempError
             && let Ok(records) = self.txt(&format!("{domain}."), deadline).await
         {
-            check.record = records.into_iter().find(|r| r.to_ascii_lowercase().starts_with("v=spf1"));
+            check.record = records
+                .into_iter()
+                .find(|r| r.to_ascii_lowercase().starts_with("v=spf1"));
         }
         check
     }
 
     /// The DMARC record of the From domain, or of its organizational
     /// domain (RFC 7489 §6.6.3); informational only.
-    async fn dmarc_record(&self, from: &DomainName, deadline: Instant) -> (Option<String>, Option<String>) {
+    async fn dmarc_record(
+        &self,
+        from: &DomainName,
+        deadline: Instant,
+    ) -> (Option<String>, Option<String>) {
         let mut names = vec![from.as_str().to_string()];
         if from.organizational() != from.as_str() {
             names.push(from.organizational().to_string());
@@ -450,7 +498,10 @@ impl Authenticator {
             let Ok(records) = self.txt(&format!("_dmarc.{name}."), deadline).await else {
                 continue;
             };
-            if let Some(r) = records.into_iter().find(|r| r.to_ascii_lowercase().starts_with("v=dmarc1")) {
+            if let Some(r) = records
+                .into_iter()
+                .find(|r| r.to_ascii_lowercase().starts_with("v=dmarc1"))
+            {
                 let policy = r
                     .split(';')
                     .filter_map(|t| t.split_once('='))
@@ -465,7 +516,10 @@ impl Authenticator {
     /// The TXT records of `name`, each record's strings joined.
     async fn txt(&self, name: &str, deadline: Instant) -> Result<Vec<String>, ()> {
         let lookup = self.inner.resolver.resolver().txt_lookup(name);
-        let lookup = tokio::time::timeout_at(deadline.into(), lookup).await.map_err(|_| ())?.map_err(|_| ())?;
+        let lookup = tokio::time::timeout_at(deadline.into(), lookup)
+            .await
+            .map_err(|_| ())?
+            .map_err(|_| ())?;
         Ok(lookup
             .answers()
             .iter()
@@ -490,22 +544,32 @@ fn algorithm_name(a: Algorithm) -> &'static str {
     }
 }
 
-/// `d=` and `s=` read leniently from a signature mail-auth could not parse.
-fn tags(value: &[u8]) -> (String, String) {
+/// `d=`, `s=` and `a=` read leniently from a signature mail-auth could not
+/// parse.
+fn tags(value: &[u8]) -> (String, String, &'static str) {
     let text = String::from_utf8_lossy(value);
     let mut d = String::new();
     let mut s = String::new();
+    let mut a = "unknown";
     for tag in text.split(';') {
         if let Some((k, v)) = tag.split_once('=') {
             let v: String = v.chars().filter(|c| !c.is_whitespace()).collect();
             match k.trim() {
                 "d" => d = crate::message::clean(&v.to_ascii_lowercase(), 253),
                 "s" => s = crate::message::clean(&v, 63),
+                "a" => {
+                    a = match v.to_ascii_lowercase().as_str() {
+                        "rsa-sha256" => "rsa-sha256",
+                        "rsa-sha1" => "rsa-sha1",
+                        "ed25519-sha256" => "ed25519-sha256",
+                        _ => "unknown",
+                    }
+                }
                 _ => {}
             }
         }
     }
-    (d, s)
+    (d, s, a)
 }
 
 /// Maps mail-auth's DKIM outcome to RFC 8601 words and a reason.
@@ -517,7 +581,9 @@ fn dkim_result(result: &DkimResult) -> (AuthResult, Option<String>) {
         DkimResult::Neutral(e) | DkimResult::Fail(e) | DkimResult::PermError(e) => {
             let r = match e {
                 AuthError::Dns(DnsError::Resolver(_)) => AuthResult::TempError,
-                AuthError::Dns(DnsError::RecordNotFound(code)) if !is_authoritative_absence(code) => {
+                AuthError::Dns(DnsError::RecordNotFound(code))
+                    if !is_authoritative_absence(code) =>
+                {
                     AuthResult::TempError
                 }
                 AuthError::Dns(_) => AuthResult::PermError,
@@ -545,14 +611,18 @@ fn is_authoritative_absence(code: &hickory_resolver::proto::op::ResponseCode) ->
 
 fn describe(e: &AuthError) -> String {
     match e {
-        AuthError::Dkim(DkimError::FailedBodyHashMatch) => "body changed after signing (body hash mismatch)".into(),
+        AuthError::Dkim(DkimError::FailedBodyHashMatch) => {
+            "body changed after signing (body hash mismatch)".into()
+        }
         AuthError::Dkim(DkimError::SignatureExpired) => "signature expired (x=)".into(),
         AuthError::Dkim(DkimError::RevokedPublicKey) => "key revoked (empty p=)".into(),
         AuthError::Crypto(_) => "signature does not verify".into(),
         AuthError::Dns(DnsError::RecordNotFound(code)) if is_authoritative_absence(code) => {
             "no key record published".into()
         }
-        AuthError::Dns(DnsError::RecordNotFound(code)) => format!("DNS error ({code}) fetching the key"),
+        AuthError::Dns(DnsError::RecordNotFound(code)) => {
+            format!("DNS error ({code}) fetching the key")
+        }
         AuthError::Dns(DnsError::Resolver(_)) => "DNS timeout or failure fetching the key".into(),
         AuthError::Dns(DnsError::InvalidRecordType) => "key record is not a valid DKIM key".into(),
         other => crate::message::clean(&other.to_string(), 200),
@@ -577,7 +647,10 @@ mod tests {
 
     #[test]
     fn tags_are_read_from_unparseable_signatures() {
-        let (d, s) = tags(b" v=1; a=rsa-sha256; d=Police.GI;\r\n s=s2026; l=10; bh=x; b=y");
-        assert_eq!((d.as_str(), s.as_str()), ("police.gi", "s2026"));
+        let (d, s, a) = tags(b" v=1; a=rsa-sha256; d=Police.GI;\r\n s=s2026; l=10; bh=x; b=y");
+        assert_eq!(
+            (d.as_str(), s.as_str(), a),
+            ("police.gi", "s2026", "rsa-sha256")
+        );
     }
 }

@@ -311,9 +311,10 @@ impl Config {
             self.imap.host,
             self.imap.port,
             self.imap.mailbox,
-            self.smtp
-                .as_ref()
-                .map_or_else(|| "not configured".to_string(), |s| format!("{}:{}", s.host, s.port)),
+            self.smtp.as_ref().map_or_else(
+                || "not configured".to_string(),
+                |s| format!("{}:{}", s.host, s.port)
+            ),
             self.agencies.len(),
             domains,
             self.store.database.display()
@@ -341,7 +342,9 @@ fn toml_error(path: &Path, text: &str, err: &toml::de::Error) -> ConfigError {
         let name = if line.starts_with('[') {
             None
         } else {
-            line.split('=').next().map(|k| k.trim().trim_matches('"').to_string())
+            line.split('=')
+                .next()
+                .map(|k| k.trim().trim_matches('"').to_string())
         };
         key = match (table, name) {
             (Some(t), Some(n)) if !n.is_empty() => format!("{t}.{n}"),
@@ -454,7 +457,9 @@ impl Validator<'_> {
         let host = self.host("imap.host", r.host)?;
         let tls = r.tls.unwrap_or(Tls::Implicit);
         self.tls("imap", &host, tls)?;
-        let port = r.port.unwrap_or(if tls == Tls::Implicit { 993 } else { 143 });
+        let port = r
+            .port
+            .unwrap_or(if tls == Tls::Implicit { 993 } else { 143 });
         if port == 0 {
             return Err(self.err("imap.port", "must be between 1 and 65535"));
         }
@@ -471,13 +476,17 @@ impl Validator<'_> {
                 "must be between 1 and 86400 seconds",
             ));
         }
-        let mailbox = |key: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
-            let v = v.unwrap_or_else(|| default.to_string());
-            if v.trim().is_empty() || v.contains(['\r', '\n', '"', '\0']) {
-                return Err(self.err(key, "must be a non-empty mailbox name without quotes or line breaks"));
-            }
-            Ok(v)
-        };
+        let mailbox =
+            |key: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
+                let v = v.unwrap_or_else(|| default.to_string());
+                if v.trim().is_empty() || v.contains(['\r', '\n', '"', '\0']) {
+                    return Err(self.err(
+                        key,
+                        "must be a non-empty mailbox name without quotes or line breaks",
+                    ));
+                }
+                Ok(v)
+            };
         let imap = Imap {
             mailbox: mailbox("imap.mailbox", r.mailbox, "INBOX")?,
             processed_mailbox: mailbox("imap.processed_mailbox", r.processed_mailbox, "Processed")?,
@@ -550,11 +559,15 @@ impl Validator<'_> {
             return Err(self.err("dkim_signing.domain", "is not a domain name"));
         }
         let selector = self.non_empty("dkim_signing.selector", r.selector)?;
-        if !selector
-            .split('.')
-            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        {
-            return Err(self.err("dkim_signing.selector", "must be DNS labels (letters, digits, `-`, `_`)"));
+        if !selector.split('.').all(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        }) {
+            return Err(self.err(
+                "dkim_signing.selector",
+                "must be DNS labels (letters, digits, `-`, `_`)",
+            ));
         }
         Ok(DkimSigning {
             domain,
@@ -592,7 +605,10 @@ impl Validator<'_> {
         let mut trusted_mx = Vec::new();
         for (i, mx) in r.trusted_mx.iter().enumerate() {
             trusted_mx.push(normalize_domain(mx).ok_or_else(|| {
-                self.err(format!("auth.trusted_mx[{i}]"), format!("`{mx}` is not a host name"))
+                self.err(
+                    format!("auth.trusted_mx[{i}]"),
+                    format!("`{mx}` is not a host name"),
+                )
             })?);
         }
         let mut internal_networks = Vec::new();
@@ -630,7 +646,10 @@ impl Validator<'_> {
         }
         for (i, to) in r.to.iter().enumerate() {
             if crate::message::split_address(to).is_none() {
-                return Err(self.err(format!("notify.to[{i}]"), format!("`{to}` is not an address")));
+                return Err(self.err(
+                    format!("notify.to[{i}]"),
+                    format!("`{to}` is not an address"),
+                ));
             }
         }
         let digest_hour = r.digest_hour.unwrap_or(8);
@@ -660,9 +679,12 @@ impl Validator<'_> {
     }
 
     fn triage(&self, r: RawTriage) -> Result<Triage, ConfigError> {
-        let patterns = r
-            .account_patterns
-            .unwrap_or_else(|| DEFAULT_ACCOUNT_PATTERNS.iter().map(|s| s.to_string()).collect());
+        let patterns = r.account_patterns.unwrap_or_else(|| {
+            DEFAULT_ACCOUNT_PATTERNS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        });
         for (i, p) in patterns.iter().enumerate() {
             if !p.contains('X') || p.len() > 64 {
                 return Err(self.err(
@@ -681,14 +703,19 @@ impl Validator<'_> {
         for (i, a) in raw.into_iter().enumerate() {
             let name = self.non_empty(&format!("agency[{i}].name"), a.name)?;
             if a.domains.is_empty() {
-                return Err(self.err(format!("agency[{i}].domains"), "must list at least one domain"));
+                return Err(self.err(
+                    format!("agency[{i}].domains"),
+                    "must list at least one domain",
+                ));
             }
             let mut domains = Vec::new();
             for (j, d) in a.domains.iter().enumerate() {
                 let key = format!("agency[{i}].domains[{j}]");
                 let norm = normalize_domain(d)
                     .ok_or_else(|| self.err(&key, format!("`{d}` is not a domain name")))?;
-                if norm.as_str().split('.').count() < 2 || psl::suffix_str(norm.as_str()) == Some(norm.as_str()) {
+                if norm.as_str().split('.').count() < 2
+                    || psl::suffix_str(norm.as_str()) == Some(norm.as_str())
+                {
                     return Err(self.err(
                         &key,
                         format!("`{d}` is a public suffix; name the agency's own domain"),
@@ -735,16 +762,54 @@ mod tests {
 
     #[test]
     fn errors_name_file_key_and_reason() {
-        check("[imap]\nhost = \"a\"\ncolour = 1\n", "imap.colour", "unknown field");
-        check("[imap]\nhost = \"a\"\nport = \"x\"\n", "imap.port", "invalid type");
+        check(
+            "[imap]\nhost = \"a\"\ncolour = 1\n",
+            "imap.colour",
+            "unknown field",
+        );
+        check(
+            "[imap]\nhost = \"a\"\nport = \"x\"\n",
+            "imap.port",
+            "invalid type",
+        );
         check("[imap]\nport = 1\n", "imap.host", "required");
-        check("[imap]\nhost = \"imap.example.net\"\ntls = \"none\"\n", "imap.tls", "loopback");
-        check(&format!("{MINIMAL}[dns]\nnameservers = [\"nope\"]\n"), "dns.nameservers[0]", "not an address");
-        check(&format!("{MINIMAL}[auth]\ninternal_networks = [\"10.0.0.0/33\"]\n"), "auth.internal_networks[0]", "network");
-        check(&format!("{MINIMAL}[[agency]]\nname = \"X\"\ndomains = [\"gi\"]\n"), "agency[0].domains[0]", "public suffix");
-        check(&format!("{MINIMAL}[[agency]]\nname = \"X\"\ndomains = []\n"), "agency[0].domains", "at least one");
-        check("[imap]\nhost = \"a\"\n[bogus]\nx = 1\n", "bogus", "unknown field");
-        check(&format!("{MINIMAL}[smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nfrom = \"a@b.c, d@e.f\"\n"), "smtp.from", "single mailbox");
+        check(
+            "[imap]\nhost = \"imap.example.net\"\ntls = \"none\"\n",
+            "imap.tls",
+            "loopback",
+        );
+        check(
+            &format!("{MINIMAL}[dns]\nnameservers = [\"nope\"]\n"),
+            "dns.nameservers[0]",
+            "not an address",
+        );
+        check(
+            &format!("{MINIMAL}[auth]\ninternal_networks = [\"10.0.0.0/33\"]\n"),
+            "auth.internal_networks[0]",
+            "network",
+        );
+        check(
+            &format!("{MINIMAL}[[agency]]\nname = \"X\"\ndomains = [\"gi\"]\n"),
+            "agency[0].domains[0]",
+            "public suffix",
+        );
+        check(
+            &format!("{MINIMAL}[[agency]]\nname = \"X\"\ndomains = []\n"),
+            "agency[0].domains",
+            "at least one",
+        );
+        check(
+            "[imap]\nhost = \"a\"\n[bogus]\nx = 1\n",
+            "bogus",
+            "unknown field",
+        );
+        check(
+            &format!(
+                "{MINIMAL}[smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nfrom = \"a@b.c, d@e.f\"\n"
+            ),
+            "smtp.from",
+            "single mailbox",
+        );
     }
 
     #[test]

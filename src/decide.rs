@@ -43,7 +43,11 @@ pub struct Policy {
 impl Policy {
     pub fn from_config(c: &Config) -> Policy {
         Policy {
-            agencies: c.agencies.iter().map(|a| (a.name.clone(), a.domains.clone())).collect(),
+            agencies: c
+                .agencies
+                .iter()
+                .map(|a| (a.name.clone(), a.domains.clone()))
+                .collect(),
             defer_max_tries: c.limits.defer_max_tries,
             replies_per_sender_per_day: c.limits.replies_per_sender_per_day,
         }
@@ -110,7 +114,9 @@ impl Alignment {
 }
 
 fn aligned(from: &DomainName, domain: Option<&str>) -> bool {
-    domain.and_then(normalize_domain).is_some_and(|d| d.aligned_with(from))
+    domain
+        .and_then(normalize_domain)
+        .is_some_and(|d| d.aligned_with(from))
 }
 
 /// Applies the rules of SPEC.md "Authenticated" to the evidence.
@@ -133,14 +139,19 @@ pub fn alignment(from: &DomainName, evidence: &Evidence) -> Alignment {
     });
     let spf = &evidence.spf;
     let spf_aligned = aligned(from, spf.domain.as_deref());
-    let ip = spf.ip.map_or_else(|| "unknown address".to_string(), |ip| ip.to_string());
+    let ip = spf
+        .ip
+        .map_or_else(|| "unknown address".to_string(), |ip| ip.to_string());
     if broken.is_none() && spf_aligned && spf.result == AuthResult::Pass {
         return Alignment::Spf(format!(
             "SPF pass for {} from {ip}",
             spf.domain.as_deref().unwrap_or_default()
         ));
     }
-    if let Some(t) = aligned_dkim.iter().find(|c| c.result == AuthResult::TempError) {
+    if let Some(t) = aligned_dkim
+        .iter()
+        .find(|c| c.result == AuthResult::TempError)
+    {
         return Alignment::Transient(format!(
             "DKIM key {}._domainkey.{} could not be fetched ({})",
             t.selector,
@@ -171,13 +182,21 @@ pub fn alignment(from: &DomainName, evidence: &Evidence) -> Alignment {
         }
         (Some(d), r) if spf_aligned => format!("SPF {} for {d} from {ip}", r.as_str()),
         (Some(d), r) => format!("SPF {} for unaligned envelope domain {d}", r.as_str()),
-        (None, _) => format!("no SPF evidence: {}", spf.reason.as_deref().unwrap_or("none")),
+        (None, _) => format!(
+            "no SPF evidence: {}",
+            spf.reason.as_deref().unwrap_or("none")
+        ),
     };
     Alignment::No(format!("{dkim_part}; {spf_part}"))
 }
 
 /// The decision table.
-pub fn decide(inbound: &Inbound, evidence: &Evidence, policy: &Policy, history: &History) -> Verdict {
+pub fn decide(
+    inbound: &Inbound,
+    evidence: &Evidence,
+    policy: &Policy,
+    history: &History,
+) -> Verdict {
     let quarantine = |reason: String| Verdict {
         decision: Decision::Quarantine,
         reason,
@@ -246,7 +265,10 @@ mod tests {
 
     fn policy() -> Policy {
         Policy {
-            agencies: vec![("Royal Gibraltar Police".into(), vec![normalize_domain("police.gi").unwrap()])],
+            agencies: vec![(
+                "Royal Gibraltar Police".into(),
+                vec![normalize_domain("police.gi").unwrap()],
+            )],
             defer_max_tries: 5,
             replies_per_sender_per_day: 10,
         }
@@ -280,17 +302,29 @@ mod tests {
         Evidence {
             dkim,
             spf,
-            dmarc: DmarcCheck { result: AuthResult::None, policy: None, record: None },
+            dmarc: DmarcCheck {
+                result: AuthResult::None,
+                policy: None,
+                record: None,
+            },
         }
     }
 
     fn inbound(from: &str) -> Inbound {
-        crate::message::parse(format!("From: {from}\r\nSubject: x\r\n\r\nbody\r\n").as_bytes(), 1 << 20)
+        crate::message::parse(
+            format!("From: {from}\r\nSubject: x\r\n\r\nbody\r\n").as_bytes(),
+            1 << 20,
+        )
     }
 
     fn check(from: &str, ev: Evidence, history: History, expected: Decision, reply: bool) {
         let v = decide(&inbound(from), &ev, &policy(), &history);
-        assert_eq!((v.decision, v.reply), (expected, reply), "{from}: {}", v.reason);
+        assert_eq!(
+            (v.decision, v.reply),
+            (expected, reply),
+            "{from}: {}",
+            v.reason
+        );
         assert!(!v.reason.is_empty());
     }
 
@@ -301,46 +335,147 @@ mod tests {
         let h = History::default();
         let none = || spf("police.gi", None);
         // Aligned DKIM pass is enough, whatever SPF says.
-        check("o@cid.police.gi", evidence(vec![dkim("police.gi", Pass)], spf("police.gi", Fail)), h, Acknowledge, true);
+        check(
+            "o@cid.police.gi",
+            evidence(vec![dkim("police.gi", Pass)], spf("police.gi", Fail)),
+            h,
+            Acknowledge,
+            true,
+        );
         // SPF pass for an aligned envelope domain, no DKIM at all.
-        check("o@police.gi", evidence(vec![], spf("police.gi", Pass)), h, Acknowledge, true);
+        check(
+            "o@police.gi",
+            evidence(vec![], spf("police.gi", Pass)),
+            h,
+            Acknowledge,
+            true,
+        );
         // An aligned DKIM signature that fails is not outweighed by SPF.
         for r in [Fail, Neutral, Policy, PermError] {
-            check("o@police.gi", evidence(vec![dkim("police.gi", r)], spf("police.gi", Pass)), h, Quarantine, false);
+            check(
+                "o@police.gi",
+                evidence(vec![dkim("police.gi", r)], spf("police.gi", Pass)),
+                h,
+                Quarantine,
+                false,
+            );
         }
         // Unaligned signatures neither help nor hurt.
-        check("o@police.gi", evidence(vec![dkim("mailer.example", Fail)], spf("police.gi", Pass)), h, Acknowledge, true);
-        check("o@police.gi", evidence(vec![dkim("mailer.example", Pass)], none()), h, Quarantine, false);
+        check(
+            "o@police.gi",
+            evidence(vec![dkim("mailer.example", Fail)], spf("police.gi", Pass)),
+            h,
+            Acknowledge,
+            true,
+        );
+        check(
+            "o@police.gi",
+            evidence(vec![dkim("mailer.example", Pass)], none()),
+            h,
+            Quarantine,
+            false,
+        );
         // SPF pass for an unaligned envelope domain proves nothing.
-        check("o@police.gi", evidence(vec![], spf("bulk.example", Pass)), h, Quarantine, false);
+        check(
+            "o@police.gi",
+            evidence(vec![], spf("bulk.example", Pass)),
+            h,
+            Quarantine,
+            false,
+        );
         for r in [SoftFail, Fail, Neutral, None, PermError] {
-            check("o@police.gi", evidence(vec![], spf("police.gi", r)), h, Quarantine, false);
+            check(
+                "o@police.gi",
+                evidence(vec![], spf("police.gi", r)),
+                h,
+                Quarantine,
+                false,
+            );
         }
         // Authenticated but not ours.
-        check("o@evilpolice.gi", evidence(vec![dkim("evilpolice.gi", Pass)], none()), h, Reject, true);
-        check("o@police.gi.example.com", evidence(vec![dkim("example.com", Pass)], none()), h, Reject, true);
-        check("o@bka.de", evidence(vec![], spf("bka.de", Pass)), h, Reject, true);
+        check(
+            "o@evilpolice.gi",
+            evidence(vec![dkim("evilpolice.gi", Pass)], none()),
+            h,
+            Reject,
+            true,
+        );
+        check(
+            "o@police.gi.example.com",
+            evidence(vec![dkim("example.com", Pass)], none()),
+            h,
+            Reject,
+            true,
+        );
+        check(
+            "o@bka.de",
+            evidence(vec![], spf("bka.de", Pass)),
+            h,
+            Reject,
+            true,
+        );
         // Transient failures of checks that could have passed: defer.
-        check("o@police.gi", evidence(vec![dkim("police.gi", TempError)], spf("police.gi", Fail)), h, Defer, false);
-        check("o@police.gi", evidence(vec![], spf("police.gi", TempError)), h, Defer, false);
+        check(
+            "o@police.gi",
+            evidence(vec![dkim("police.gi", TempError)], spf("police.gi", Fail)),
+            h,
+            Defer,
+            false,
+        );
+        check(
+            "o@police.gi",
+            evidence(vec![], spf("police.gi", TempError)),
+            h,
+            Defer,
+            false,
+        );
         // A transient SPF failure cannot outweigh a broken aligned signature.
-        check("o@police.gi", evidence(vec![dkim("police.gi", Fail)], spf("police.gi", TempError)), h, Quarantine, false);
+        check(
+            "o@police.gi",
+            evidence(vec![dkim("police.gi", Fail)], spf("police.gi", TempError)),
+            h,
+            Quarantine,
+            false,
+        );
         // An unaligned temperror could not have given a pass.
-        check("o@police.gi", evidence(vec![dkim("other.example", TempError)], none()), h, Quarantine, false);
+        check(
+            "o@police.gi",
+            evidence(vec![dkim("other.example", TempError)], none()),
+            h,
+            Quarantine,
+            false,
+        );
         // Too many deferrals become a quarantine.
-        let tired = History { previous_defers: 4, ..h };
-        check("o@police.gi", evidence(vec![dkim("police.gi", TempError)], none()), tired, Quarantine, false);
+        let tired = History {
+            previous_defers: 4,
+            ..h
+        };
+        check(
+            "o@police.gi",
+            evidence(vec![dkim("police.gi", TempError)], none()),
+            tired,
+            Quarantine,
+            false,
+        );
     }
 
     #[test]
     fn ambiguous_senders_are_quarantined() {
-        let ev = evidence(vec![dkim("police.gi", AuthResult::Pass)], spf("police.gi", AuthResult::Pass));
+        let ev = evidence(
+            vec![dkim("police.gi", AuthResult::Pass)],
+            spf("police.gi", AuthResult::Pass),
+        );
         for raw in [
             "Subject: x\r\n\r\nb",
             "From: a@police.gi\r\nFrom: b@police.gi\r\n\r\nb",
             "From: a@police.gi, b@police.gi\r\n\r\nb",
         ] {
-            let v = decide(&crate::message::parse(raw.as_bytes(), 1 << 20), &ev, &policy(), &History::default());
+            let v = decide(
+                &crate::message::parse(raw.as_bytes(), 1 << 20),
+                &ev,
+                &policy(),
+                &History::default(),
+            );
             assert_eq!(v.decision, Decision::Quarantine, "{raw:?}");
             assert!(v.reason.contains("sender"), "{}", v.reason);
         }
@@ -348,19 +483,41 @@ mod tests {
 
     #[test]
     fn reply_suppression() {
-        let ev = || evidence(vec![dkim("police.gi", AuthResult::Pass)], spf("police.gi", AuthResult::None));
+        let ev = || {
+            evidence(
+                vec![dkim("police.gi", AuthResult::Pass)],
+                spf("police.gi", AuthResult::None),
+            )
+        };
         let p = policy();
-        let auto = crate::message::parse(b"Auto-Submitted: auto-replied\r\nFrom: o@police.gi\r\n\r\nb", 1 << 20);
+        let auto = crate::message::parse(
+            b"Auto-Submitted: auto-replied\r\nFrom: o@police.gi\r\n\r\nb",
+            1 << 20,
+        );
         let v = decide(&auto, &ev(), &p, &History::default());
         assert_eq!((v.decision, v.reply), (Decision::Acknowledge, false));
         assert!(v.reply_suppressed.unwrap().contains("Auto-Submitted"));
-        let capped = History { replies_to_sender_today: 10, ..History::default() };
+        let capped = History {
+            replies_to_sender_today: 10,
+            ..History::default()
+        };
         let v = decide(&inbound("o@police.gi"), &ev(), &p, &capped);
-        assert!(!v.reply && v.reply_suppressed.unwrap().contains("replies_per_sender_per_day"));
-        let recent = History { replied_to_case_recently: true, ..History::default() };
+        assert!(
+            !v.reply
+                && v.reply_suppressed
+                    .unwrap()
+                    .contains("replies_per_sender_per_day")
+        );
+        let recent = History {
+            replied_to_case_recently: true,
+            ..History::default()
+        };
         let v = decide(&inbound("o@police.gi"), &ev(), &p, &recent);
         assert!(!v.reply && v.reply_suppressed.unwrap().contains("7 days"));
-        let under = History { replies_to_sender_today: 9, ..History::default() };
+        let under = History {
+            replies_to_sender_today: 9,
+            ..History::default()
+        };
         assert!(decide(&inbound("o@police.gi"), &ev(), &p, &under).reply);
     }
 }

@@ -90,7 +90,11 @@ mod tests {
             ("192.0.2.1", None),
             ("-bad.example", None),
         ] {
-            assert_eq!(normalize_domain(input).map(|n| n.0), expected.map(String::from), "{input}");
+            assert_eq!(
+                normalize_domain(input).map(|n| n.0),
+                expected.map(String::from),
+                "{input}"
+            );
         }
     }
 

@@ -10,7 +10,11 @@ use legal_intake::config::{self, Config};
 use legal_intake::judge::Judge;
 
 #[derive(Parser)]
-#[command(name = "legal-intake", version, about = "Files, authenticates and answers legal-process e-mail")]
+#[command(
+    name = "legal-intake",
+    version,
+    about = "Files, authenticates and answers legal-process e-mail"
+)]
 struct Cli {
     /// The configuration file.
     #[arg(long, global = true, value_name = "PATH", default_value = config::DEFAULT_PATH)]
@@ -77,7 +81,9 @@ fn load(path: &std::path::Path) -> Result<Config, Failure> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Runs the command; `Ok(false)` is a handled failure (exit 1).

@@ -259,7 +259,9 @@ fn sender(froms: &[&HeaderValue]) -> Result<Mailbox, SenderProblem> {
         _ => return Err(SenderProblem::Unreadable),
     };
     let address = addr.address.as_deref().ok_or(SenderProblem::Unreadable)?;
-    mailbox(address).ok_or(SenderProblem::Unreadable).and_then(|m| m)
+    mailbox(address)
+        .ok_or(SenderProblem::Unreadable)
+        .and_then(|m| m)
 }
 
 /// Splits and checks one address; the inner error distinguishes a bad
@@ -283,7 +285,9 @@ pub fn split_address(address: &str) -> Option<(&str, &str)> {
     let ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 254
-            && !s.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ','))
+            && !s
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ','))
     };
     (ok(local) && ok(domain)).then_some((local, domain))
 }
@@ -347,7 +351,10 @@ fn hop(value: &HeaderValue, raw: &str) -> Hop {
 fn ids(value: &HeaderValue) -> Vec<String> {
     match value {
         HeaderValue::Text(t) => vec![format!("<{}>", clean(t, 998))],
-        HeaderValue::TextList(list) => list.iter().map(|t| format!("<{}>", clean(t, 998))).collect(),
+        HeaderValue::TextList(list) => list
+            .iter()
+            .map(|t| format!("<{}>", clean(t, 998)))
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -370,7 +377,10 @@ fn automatic(
     }
     if let Some(v) = precedence {
         let v = v.trim();
-        if ["bulk", "junk", "list"].iter().any(|p| v.eq_ignore_ascii_case(p)) {
+        if ["bulk", "junk", "list"]
+            .iter()
+            .any(|p| v.eq_ignore_ascii_case(p))
+        {
             return Some(format!("Precedence: {}", clean(v, 20)));
         }
     }
@@ -379,7 +389,10 @@ fn automatic(
     }
     if let Some(v) = suppress {
         for word in v.split(',').map(str::trim) {
-            if ["all", "autoreply", "oof"].iter().any(|w| word.eq_ignore_ascii_case(w)) {
+            if ["all", "autoreply", "oof"]
+                .iter()
+                .any(|w| word.eq_ignore_ascii_case(w))
+            {
                 return Some(format!("X-Auto-Response-Suppress: {}", clean(word, 20)));
             }
         }
@@ -409,7 +422,15 @@ fn is_automatic_local_part(local: &str) -> bool {
     let l = l.trim_matches('"');
     matches!(
         l,
-        "mailer-daemon" | "postmaster" | "noreply" | "no-reply" | "no_reply" | "donotreply" | "do-not-reply" | "listserv" | "majordomo"
+        "mailer-daemon"
+            | "postmaster"
+            | "noreply"
+            | "no-reply"
+            | "no_reply"
+            | "donotreply"
+            | "do-not-reply"
+            | "listserv"
+            | "majordomo"
     ) || l.starts_with("owner-")
         || l.ends_with("-request")
         || l.starts_with("bounce")
@@ -466,19 +487,38 @@ mod tests {
 
     fn check_from(from_lines: &str, expected: Result<&str, SenderProblem>) {
         let m = parse_str(&format!("{from_lines}Subject: x\r\n\r\nbody\r\n"));
-        assert_eq!(m.from.map(|m| m.address).as_deref().map_err(Clone::clone), expected, "{from_lines:?}");
+        assert_eq!(
+            m.from.map(|m| m.address).as_deref().map_err(Clone::clone),
+            expected,
+            "{from_lines:?}"
+        );
     }
 
     #[test]
     fn sender_rules() {
-        check_from("From: Officer <officer@CID.Police.GI>\r\n", Ok("officer@cid.police.gi"));
-        check_from("From: \"officer@police.gi\" <x@evil.example>\r\n", Ok("x@evil.example"));
+        check_from(
+            "From: Officer <officer@CID.Police.GI>\r\n",
+            Ok("officer@cid.police.gi"),
+        );
+        check_from(
+            "From: \"officer@police.gi\" <x@evil.example>\r\n",
+            Ok("x@evil.example"),
+        );
         check_from("", Err(SenderProblem::Missing));
-        check_from("From: a@police.gi\r\nFrom: b@evil.example\r\n", Err(SenderProblem::SeveralHeaders(2)));
-        check_from("From: a@police.gi, b@evil.example\r\n", Err(SenderProblem::SeveralMailboxes(2)));
+        check_from(
+            "From: a@police.gi\r\nFrom: b@evil.example\r\n",
+            Err(SenderProblem::SeveralHeaders(2)),
+        );
+        check_from(
+            "From: a@police.gi, b@evil.example\r\n",
+            Err(SenderProblem::SeveralMailboxes(2)),
+        );
         check_from("From: undisclosed:;\r\n", Err(SenderProblem::Group));
         check_from("From: nobody\r\n", Err(SenderProblem::Unreadable));
-        check_from("From: x@bad_domain.example\r\n", Err(SenderProblem::BadDomain));
+        check_from(
+            "From: x@bad_domain.example\r\n",
+            Err(SenderProblem::BadDomain),
+        );
     }
 
     #[test]
@@ -514,9 +554,20 @@ mod tests {
             ("Return-Path: <officer@police.gi>\r\n", false),
         ] {
             let m = parse_str(&format!("{headers}From: officer@police.gi\r\n\r\nx\r\n"));
-            assert_eq!(m.automatic.is_some(), automatic, "{headers:?}: {:?}", m.automatic);
+            assert_eq!(
+                m.automatic.is_some(),
+                automatic,
+                "{headers:?}: {:?}",
+                m.automatic
+            );
         }
-        for local in ["postmaster", "owner-list", "list-request", "noreply", "MAILER-DAEMON"] {
+        for local in [
+            "postmaster",
+            "owner-list",
+            "list-request",
+            "noreply",
+            "MAILER-DAEMON",
+        ] {
             let m = parse_str(&format!("From: {local}@police.gi\r\n\r\nx\r\n"));
             assert!(m.automatic.is_some(), "{local}");
         }
@@ -533,13 +584,25 @@ mod tests {
         let mut raw = b"From: a@police.gi\r\nSubject: big\r\n\r\n".to_vec();
         raw.resize(5000, b'x');
         let m = parse(&raw, 1024);
-        assert_eq!(m.anomalies, vec![Anomaly::Oversized { size: 5000, limit: 1024 }]);
+        assert_eq!(
+            m.anomalies,
+            vec![Anomaly::Oversized {
+                size: 5000,
+                limit: 1024
+            }]
+        );
         assert_eq!(m.subject.as_deref(), Some("big"));
     }
 
     #[test]
     fn garbage_never_panics() {
-        for raw in [&b""[..], b"\0\0\0", b"\r\n\r\n", b"no colon here", b"\xff\xfe\xfd: \xff\r\n\r\n"] {
+        for raw in [
+            &b""[..],
+            b"\0\0\0",
+            b"\r\n\r\n",
+            b"no colon here",
+            b"\xff\xfe\xfd: \xff\r\n\r\n",
+        ] {
             let m = parse(raw, 1 << 20);
             assert!(m.from.is_err());
         }

@@ -148,7 +148,9 @@ pub async fn run(judge: Judge, files: Vec<PathBuf>, json: bool) -> anyhow::Resul
                 anyhow::Ok(Report::new(name, j))
             }));
         }
-        let Some(task) = pending.pop_front() else { break };
+        let Some(task) = pending.pop_front() else {
+            break;
+        };
         match task.await? {
             Ok(report) if json => reports.push(report),
             Ok(report) => writeln!(stdout, "{}", report.line())?,

@@ -619,13 +619,20 @@ pub fn reverse_name(ip: std::net::IpAddr) -> String {
 /// truncated answer), for `mail_auth::MessageAuthenticator::new` or a
 /// hickory `Resolver` builder.
 ///
-/// Options: 2 s timeout and a single attempt, so that a [`Zone::timeout`]
-/// name fails in about two seconds instead of the default fifteen or so;
+/// Options: a 2 s timeout and a single try, so that a [`Zone::timeout`]
+/// name fails after about two seconds (hickory's defaults take 15 s);
 /// hickory's response cache on (default size), so tests can observe caching
 /// through [`DnsServer::queries`]; the hosts file ignored, so that only the
 /// zone decides. Everything else is hickory's default (EDNS on, no search
 /// domains, ndots 1). Adjust the returned values for tests that need
 /// otherwise, for example a shorter timeout.
+///
+/// Note hickory's meaning of `ResolverOpts::attempts`: the number of
+/// *retries* after a failed try (timeout, SERVFAIL, I/O error; not NXDOMAIN
+/// or NODATA). It is set to 0 here; with 1 every failure costs two tries and
+/// a timeout twice the time. Within one try hickory also resends a UDP query
+/// every 333 ms until the timeout, so a dropped query is counted several
+/// times by [`DnsServer::queries`].
 pub fn resolver_config(addr: SocketAddr) -> (ResolverConfig, ResolverOpts) {
     let mut server = NameServerConfig::udp_and_tcp(addr.ip());
     for connection in &mut server.connections {
@@ -635,7 +642,7 @@ pub fn resolver_config(addr: SocketAddr) -> (ResolverConfig, ResolverOpts) {
 
     let mut opts = ResolverOpts::default();
     opts.timeout = Duration::from_secs(2);
-    opts.attempts = 1;
+    opts.attempts = 0;
     opts.use_hosts_file = ResolveHosts::Never;
     (config, opts)
 }
@@ -824,7 +831,11 @@ impl DnsServer {
     /// Changes the zone while the server runs; queries after the call see
     /// the change (resolver caches may of course still hold old answers).
     pub fn update(&self, f: impl FnOnce(&mut Zone)) {
-        let mut zone = self.shared.zone.write().unwrap_or_else(PoisonError::into_inner);
+        let mut zone = self
+            .shared
+            .zone
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         f(&mut zone);
     }
 
@@ -893,16 +904,22 @@ fn serve_udp(socket: &UdpSocket, shared: &Shared) {
     }
 }
 
-fn serve_tcp(listener: &TcpListener, shared: &Arc<Shared>, connections: &Mutex<Vec<JoinHandle<()>>>) {
+fn serve_tcp(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    connections: &Mutex<Vec<JoinHandle<()>>>,
+) {
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) {
             break;
         }
         let Ok(stream) = stream else { continue };
-        let handle = thread::Builder::new().name("testkit-dns-conn".to_owned()).spawn({
-            let shared = Arc::clone(shared);
-            move || serve_connection(stream, &shared)
-        });
+        let handle = thread::Builder::new()
+            .name("testkit-dns-conn".to_owned())
+            .spawn({
+                let shared = Arc::clone(shared);
+                move || serve_connection(stream, &shared)
+            });
         let mut connections = connections.lock().unwrap_or_else(PoisonError::into_inner);
         // Reap finished connection threads so a long benchmark does not
         // accumulate handles.
@@ -979,10 +996,14 @@ mod tests {
     fn names_are_case_insensitive_and_fully_qualified() {
         let mut zone = Zone::new();
         zone.a("Host.Example.ORG", Ipv4Addr::new(192, 0, 2, 1));
-        let resolution = zone.resolve(&query("host.example.org.", RecordType::A)).unwrap();
+        let resolution = zone
+            .resolve(&query("host.example.org.", RecordType::A))
+            .unwrap();
         assert_eq!(resolution.code, ResponseCode::NoError);
         assert_eq!(resolution.answers.len(), 1);
-        let resolution = zone.resolve(&query("HOST.example.org.", RecordType::A)).unwrap();
+        let resolution = zone
+            .resolve(&query("HOST.example.org.", RecordType::A))
+            .unwrap();
         assert_eq!(resolution.answers.len(), 1);
         // The owner keeps the case of the question (0x20 randomization).
         assert_eq!(resolution.answers[0].name.to_ascii(), "HOST.example.org.");
@@ -992,7 +1013,9 @@ mod tests {
     fn negative_answers_distinguish_nxdomain_nodata_and_empty_non_terminals() {
         let mut zone = Zone::new();
         zone.txt("sel._domainkey.example.org", "v=DKIM1; p=");
-        let nx = zone.resolve(&query("nope.example.org.", RecordType::TXT)).unwrap();
+        let nx = zone
+            .resolve(&query("nope.example.org.", RecordType::TXT))
+            .unwrap();
         assert_eq!(nx.code, ResponseCode::NXDomain);
         assert_eq!(nx.authorities.len(), 1);
         assert_eq!(nx.authorities[0].name.to_ascii(), "example.org.");
@@ -1002,9 +1025,13 @@ mod tests {
         assert_eq!(nodata.code, ResponseCode::NoError);
         assert!(nodata.answers.is_empty());
         assert_eq!(nodata.authorities.len(), 1);
-        let ent = zone.resolve(&query("_domainkey.example.org.", RecordType::TXT)).unwrap();
+        let ent = zone
+            .resolve(&query("_domainkey.example.org.", RecordType::TXT))
+            .unwrap();
         assert_eq!(ent.code, ResponseCode::NoError);
-        let ent = zone.resolve(&query("example.org.", RecordType::TXT)).unwrap();
+        let ent = zone
+            .resolve(&query("example.org.", RecordType::TXT))
+            .unwrap();
         assert_eq!(ent.code, ResponseCode::NoError);
     }
 
@@ -1014,10 +1041,18 @@ mod tests {
         zone.servfail("example.net")
             .timeout("slow.example.net")
             .a("ok.example.org", Ipv4Addr::new(192, 0, 2, 1));
-        let r = zone.resolve(&query("a.b.example.net.", RecordType::TXT)).unwrap();
+        let r = zone
+            .resolve(&query("a.b.example.net.", RecordType::TXT))
+            .unwrap();
         assert_eq!(r.code, ResponseCode::ServFail);
-        assert!(zone.resolve(&query("x.slow.example.net.", RecordType::TXT)).is_none());
-        assert!(zone.resolve(&query("example.org.", RecordType::A)).is_some());
+        assert!(
+            zone.resolve(&query("x.slow.example.net.", RecordType::TXT))
+                .is_none()
+        );
+        assert!(
+            zone.resolve(&query("example.org.", RecordType::A))
+                .is_some()
+        );
     }
 
     #[test]
@@ -1025,15 +1060,23 @@ mod tests {
         let mut zone = Zone::new();
         zone.cname("www.example.org", "web.example.org")
             .a("web.example.org", Ipv4Addr::new(192, 0, 2, 80));
-        let r = zone.resolve(&query("www.example.org.", RecordType::A)).unwrap();
+        let r = zone
+            .resolve(&query("www.example.org.", RecordType::A))
+            .unwrap();
         assert_eq!(r.code, ResponseCode::NoError);
         assert_eq!(r.answers.len(), 2);
-        let r = zone.resolve(&query("www.example.org.", RecordType::CNAME)).unwrap();
+        let r = zone
+            .resolve(&query("www.example.org.", RecordType::CNAME))
+            .unwrap();
         assert_eq!(r.answers.len(), 1);
-        let r = zone.resolve(&query("www.example.org.", RecordType::TXT)).unwrap();
+        let r = zone
+            .resolve(&query("www.example.org.", RecordType::TXT))
+            .unwrap();
         assert_eq!((r.code, r.answers.len()), (ResponseCode::NoError, 1));
         zone.cname("loop.example.org", "loop.example.org");
-        let r = zone.resolve(&query("loop.example.org.", RecordType::A)).unwrap();
+        let r = zone
+            .resolve(&query("loop.example.org.", RecordType::A))
+            .unwrap();
         assert_eq!(r.answers.len(), MAX_CNAME_CHAIN);
     }
 
@@ -1042,7 +1085,9 @@ mod tests {
         let mut zone = Zone::new();
         let value = "x".repeat(600);
         zone.txt("long.example.org", &value);
-        let r = zone.resolve(&query("long.example.org.", RecordType::TXT)).unwrap();
+        let r = zone
+            .resolve(&query("long.example.org.", RecordType::TXT))
+            .unwrap();
         let RData::TXT(txt) = &r.answers[0].data else {
             panic!("not TXT")
         };
@@ -1074,7 +1119,10 @@ mod tests {
         let zone = Zone::parse(text).unwrap();
         let mut expected = Zone::new();
         expected
-            .txt("example.org", "v=spf1 ip4:192.0.2.0/24 -all # not a comment")
+            .txt(
+                "example.org",
+                "v=spf1 ip4:192.0.2.0/24 -all # not a comment",
+            )
             .add(
                 "example.org",
                 Data::Spf(vec![b"v=spf1 ".to_vec(), b"-all".to_vec()]),
@@ -1133,6 +1181,10 @@ mod tests {
         assert!(shared.respond(&[1, 2], true).is_none());
         let mut as_response = Message::response(7, OpCode::Query);
         as_response.add_query(query("example.org.", RecordType::A));
-        assert!(shared.respond(&as_response.to_vec().unwrap(), true).is_none());
+        assert!(
+            shared
+                .respond(&as_response.to_vec().unwrap(), true)
+                .is_none()
+        );
     }
 }

@@ -188,7 +188,7 @@ mod tests {
         let a = id(message("a@example.org", "b@example.net", "s", ""));
         let b = id(message("a@example.org", "b@example.net", "s", ""));
         assert_ne!(a, b);
-        assert!(a.ends_with("@testkit.example.org>\r"));
+        assert!(a.ends_with("@testkit.example.org>"));
     }
 
     #[test]
@@ -200,7 +200,11 @@ mod tests {
 
     #[test]
     fn with_header_prepends() {
-        let msg = with_header(b"From: a@example.org\r\n\r\nx", "Return-Path", "<a@example.org>");
+        let msg = with_header(
+            b"From: a@example.org\r\n\r\nx",
+            "Return-Path",
+            "<a@example.org>",
+        );
         assert_eq!(
             msg,
             b"Return-Path: <a@example.org>\r\nFrom: a@example.org\r\n\r\nx"

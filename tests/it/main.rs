@@ -1,0 +1,4 @@
+//! Integration tests: the real binary against real servers on 127.0.0.1.
+
+mod support;
+mod verify;

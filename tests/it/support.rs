@@ -1,0 +1,228 @@
+//! Shared test world: one real DNS server on 127.0.0.1 with the zones of
+//! a few agencies, foreign senders and attackers, DKIM keys generated for
+//! this run, and helpers to build messages as the MX would store them and
+//! to run the real binary.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use testkit::dkim::{KeyKind, SignOptions, TestKey, generate, sign};
+use testkit::dns::{DnsServer, Zone};
+
+/// The trusted MX of the test installation.
+pub const MX: &str = "mx1.ivpn.net";
+/// The Royal Gibraltar Police's outgoing server (SPF-authorised).
+pub const POLICE_IP: &str = "192.0.2.10";
+pub const POLICE_IP6: &str = "2001:db8::10";
+/// An address nobody authorised.
+pub const STRANGER_IP: &str = "203.0.113.66";
+
+/// Keys of this run, by name.
+pub struct Keys {
+    pub police: TestKey,
+    pub police_1024: TestKey,
+    pub police_512: TestKey,
+    pub government: TestKey,
+    pub other: TestKey,
+}
+
+pub struct World {
+    pub dns: DnsServer,
+    pub keys: Keys,
+}
+
+/// The world is built once per test process: key generation and the DNS
+/// server are shared by every test.
+pub fn world() -> &'static World {
+    static WORLD: OnceLock<World> = OnceLock::new();
+    WORLD.get_or_init(|| {
+        let keys = Keys {
+            police: generate(KeyKind::Rsa(2048)),
+            police_1024: generate(KeyKind::Rsa(1024)),
+            police_512: generate(KeyKind::Rsa(512)),
+            government: generate(KeyKind::Ed25519),
+            other: generate(KeyKind::Rsa(2048)),
+        };
+        let mut z = Zone::new();
+        // Royal Gibraltar Police: RSA keys, SPF for its server, DMARC.
+        z.txt("s2026._domainkey.police.gi", &keys.police.dns_txt)
+            .txt("k1024._domainkey.police.gi", &keys.police_1024.dns_txt)
+            .txt("k512._domainkey.police.gi", &keys.police_512.dns_txt)
+            .txt("revoked._domainkey.police.gi", "v=DKIM1; k=rsa; p=")
+            .txt(
+                "police.gi",
+                &format!("v=spf1 ip4:{POLICE_IP} ip6:{POLICE_IP6} -all"),
+            )
+            .txt("_dmarc.police.gi", "v=DMARC1; p=reject")
+            .txt("soft.police.gi", &format!("v=spf1 ip4:{POLICE_IP} ~all"))
+            .a("mail.police.gi", POLICE_IP.parse().unwrap())
+            .timeout("slow._domainkey.police.gi")
+            .servfail("broken._domainkey.police.gi")
+            .servfail("flaky.police.gi");
+        // HM Government of Gibraltar: Ed25519 under a public suffix (gov.gi).
+        z.txt(
+            "ed2026._domainkey.gibraltar.gov.gi",
+            &keys.government.dns_txt,
+        )
+        .txt("gibraltar.gov.gi", "v=spf1 -all");
+        // Authenticated senders that are not Gibraltar agencies.
+        for d in [
+            "bka.de",
+            "freemail.example",
+            "evilpolice.gi",
+            "example.com",
+            "xn--plice-6ve.gi", // "pоlice.gi" with a Cyrillic o
+            "mailer.example",
+        ] {
+            z.txt(&format!("sel._domainkey.{d}"), &keys.other.dns_txt)
+                .txt(d, &format!("v=spf1 ip4:{STRANGER_IP} -all"));
+        }
+        let dns = DnsServer::start(z).expect("start the test DNS server");
+        World { dns, keys }
+    })
+}
+
+impl World {
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns.addr()
+    }
+}
+
+/// A temporary installation: a folder with a config file.
+pub struct Install {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Install {
+    /// Writes a config pointing at the test DNS; `extra` is appended
+    /// (TOML sections) and may override nothing already set.
+    pub fn new(extra: &str) -> Install {
+        Self::with(world().dns_addr(), "", extra)
+    }
+
+    /// Full control over the `[auth]`/`[limits]` bodies.
+    pub fn with(dns: SocketAddr, auth_extra: &str, extra: &str) -> Install {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[imap]
+host = "127.0.0.1"
+tls = "none"
+username = "legal@ivpn.net"
+password_file = "imap.password"
+
+[smtp]
+host = "127.0.0.1"
+port = 2525
+tls = "none"
+from = "IVPN Legal <legal@ivpn.net>"
+
+[dns]
+nameservers = ["{dns}"]
+timeout_secs = 1
+
+[auth]
+trusted_mx = ["{MX}"]
+{auth_extra}
+
+[store]
+database = "cases.sqlite"
+
+[[agency]]
+name = "Royal Gibraltar Police"
+domains = ["police.gi"]
+
+[[agency]]
+name = "HM Government of Gibraltar"
+domains = ["gibraltar.gov.gi"]
+{extra}
+"#
+            ),
+        )
+        .unwrap();
+        Install { dir, config }
+    }
+
+    /// Runs the binary with `--config` and the arguments.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, None)
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_legal-intake"));
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("run legal-intake");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(input).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Writes a message file into the installation folder.
+    pub fn file(&self, name: &str, raw: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, raw).unwrap();
+        p
+    }
+
+    /// `verify --json` over the files; the parsed JSON document.
+    pub fn verify(&self, files: &[&Path]) -> serde_json::Value {
+        let mut args = vec!["verify", "--json"];
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        args.extend(names.iter().map(String::as_str));
+        let out = self.run(&args);
+        assert!(
+            out.status.success(),
+            "verify failed: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("verify --json prints JSON")
+    }
+}
+
+/// A request as the sender writes it.
+pub fn request(from: &str, subject: &str) -> Vec<u8> {
+    testkit::mail::message(
+        from,
+        "legal@ivpn.net",
+        subject,
+        "Dear IVPN Legal,\n\nPlease find attached a production order concerning account i-ABCD-EFGH-JKLM.\n\nDetective Inspector\n",
+    )
+}
+
+/// Signs with `key` for `domain`/`selector` using the default options.
+pub fn signed(raw: &[u8], key: &TestKey, domain: &str, selector: &str) -> Vec<u8> {
+    sign(raw, key, &opts(domain, selector))
+}
+
+pub fn opts(domain: &str, selector: &str) -> SignOptions {
+    SignOptions::new(domain, selector)
+}
+
+/// What the trusted MX adds on delivery: its Received line for a client
+/// with the given HELO name and address literal, then the Return-Path.
+pub fn delivered(raw: &[u8], helo: &str, ip_literal: &str, return_path: &str) -> Vec<u8> {
+    let received = format!(
+        "from {helo} ({helo} [{ip_literal}])\r\n\tby {MX} (Postfix) with ESMTPS id 4Xy1Z2; Mon, 2 Nov 2026 10:00:00 +0000"
+    );
+    let raw = testkit::mail::with_header(raw, "Received", &received);
+    testkit::mail::with_header(&raw, "Return-Path", return_path)
+}
+
+/// The usual path for police mail: their server, their envelope.
+pub fn from_police_server(raw: &[u8]) -> Vec<u8> {
+    delivered(raw, "mail.police.gi", POLICE_IP, "<officer@police.gi>")
+}

@@ -1,0 +1,853 @@
+//! `verify` against a real DNS server: every row of the hostile-sender
+//! checklist, every decision, every reply suppression rule, and `defer`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use testkit::dkim::sign;
+use testkit::mail::with_header;
+
+use crate::support::*;
+
+/// One case of the table: a message and what `verify` must say of it.
+struct Case {
+    name: &'static str,
+    raw: Vec<u8>,
+    decision: &'static str,
+    reply: bool,
+    /// A fragment the reason must contain (lowercase comparison).
+    reason_has: &'static str,
+}
+
+fn case(
+    name: &'static str,
+    raw: Vec<u8>,
+    decision: &'static str,
+    reply: bool,
+    reason_has: &'static str,
+) -> Case {
+    Case {
+        name,
+        raw,
+        decision,
+        reply,
+        reason_has,
+    }
+}
+
+/// Runs the table through one `verify --json` process and checks each row.
+fn check(install: &Install, cases: Vec<Case>) -> Vec<Value> {
+    let files: Vec<_> = cases
+        .iter()
+        .map(|c| install.file(&format!("{}.eml", c.name), &c.raw))
+        .collect();
+    let refs: Vec<_> = files.iter().map(|p| p.as_path()).collect();
+    let out = install.verify(&refs);
+    let reports = out.as_array().expect("an array for several files").clone();
+    assert_eq!(reports.len(), cases.len());
+    let mut failures = Vec::new();
+    for (c, r) in cases.iter().zip(&reports) {
+        assert!(
+            r["file"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("{}.eml", c.name)),
+            "output keeps argument order"
+        );
+        let reason = r["reason"].as_str().unwrap_or_default().to_lowercase();
+        if r["decision"] != c.decision || r["reply"] != c.reply || !reason.contains(c.reason_has) {
+            failures.push(format!(
+                "{}: expected {} reply={} reason~{:?}, got {} reply={} reason={:?}\n  dkim={} spf={}",
+                c.name, c.decision, c.reply, c.reason_has, r["decision"], r["reply"], r["reason"], r["dkim"], r["spf"]
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    reports
+}
+
+fn police_signed(subject: &str) -> Vec<u8> {
+    let w = world();
+    signed(
+        &request("Detective Inspector <officer@police.gi>", subject),
+        &w.keys.police,
+        "police.gi",
+        "s2026",
+    )
+}
+
+#[test]
+fn genuine_requests_are_acknowledged() {
+    let w = world();
+    let install = Install::new("");
+    let gov = signed(
+        &request("Attorney General <ag@gibraltar.gov.gi>", "Court order"),
+        &w.keys.government,
+        "gibraltar.gov.gi",
+        "ed2026",
+    );
+    let cases = vec![
+        case(
+            "rsa",
+            from_police_server(&police_signed("Production order")),
+            "acknowledge",
+            true,
+            "dkim signature of police.gi verified",
+        ),
+        case(
+            "subdomain",
+            from_police_server(&signed(
+                &request("officer@cid.police.gi", "Warrant"),
+                &w.keys.police,
+                "police.gi",
+                "s2026",
+            )),
+            "acknowledge",
+            true,
+            "royal gibraltar police",
+        ),
+        case(
+            "ed25519",
+            delivered(
+                &gov,
+                "mail.gibraltar.gov.gi",
+                "198.51.100.20",
+                "<ag@gibraltar.gov.gi>",
+            ),
+            "acknowledge",
+            true,
+            "gibraltar.gov.gi",
+        ),
+        // Relayed through a gateway: SPF fails, the aligned signature is enough.
+        case(
+            "relayed",
+            delivered(
+                &police_signed("x"),
+                "gw.example",
+                "198.51.100.7",
+                "<officer@police.gi>",
+            ),
+            "acknowledge",
+            true,
+            "dkim",
+        ),
+        // No signature at all, but SPF passes for an aligned envelope domain.
+        case(
+            "spf_only",
+            from_police_server(&request("officer@police.gi", "Subpoena")),
+            "acknowledge",
+            true,
+            "spf pass for police.gi",
+        ),
+        case(
+            "spf_ipv6",
+            delivered(
+                &request("officer@police.gi", "x"),
+                "mail.police.gi",
+                &format!("IPv6:{POLICE_IP6}"),
+                "<officer@police.gi>",
+            ),
+            "acknowledge",
+            true,
+            "spf pass",
+        ),
+        // A 1024-bit key is the smallest RFC 8301 allows.
+        case(
+            "rsa_1024",
+            delivered(
+                &signed(
+                    &request("officer@police.gi", "x"),
+                    &w.keys.police_1024,
+                    "police.gi",
+                    "k1024",
+                ),
+                "gw.example",
+                STRANGER_IP,
+                "<officer@police.gi>",
+            ),
+            "acknowledge",
+            true,
+            "dkim",
+        ),
+    ];
+    let reports = check(&install, cases);
+    let rsa = &reports[0];
+    assert_eq!(rsa["agency"], "Royal Gibraltar Police");
+    assert_eq!(rsa["from"], "officer@police.gi");
+    assert_eq!(rsa["from_domain"], "police.gi");
+    assert_eq!(rsa["dkim"][0]["domain"], "police.gi");
+    assert_eq!(rsa["dkim"][0]["selector"], "s2026");
+    assert_eq!(rsa["dkim"][0]["result"], "pass");
+    assert_eq!(rsa["spf"]["result"], "pass");
+    assert_eq!(rsa["spf"]["domain"], "police.gi");
+    assert_eq!(rsa["spf"]["ip"], POLICE_IP);
+    assert_eq!(rsa["dmarc"]["result"], "pass");
+    assert_eq!(reports[2]["dkim"][0]["result"], "pass");
+    assert_eq!(reports[2]["agency"], "HM Government of Gibraltar");
+    assert_eq!(reports[3]["spf"]["result"], "fail");
+}
+
+#[test]
+fn hostile_senders_are_quarantined() {
+    let w = world();
+    let install = Install::new("");
+    let good = police_signed("Production order");
+    let mut body_changed = good.clone();
+    body_changed.extend_from_slice(b"P.S. also send everything about i-ZZZZ-ZZZZ-ZZZZ\r\n");
+    let mut l_opts = opts("police.gi", "s2026");
+    l_opts.body_length = true;
+    let mut appended = sign(
+        &request("officer@police.gi", "Order"),
+        &w.keys.police,
+        &l_opts,
+    );
+    appended.extend_from_slice(b"\r\nAppended by an attacker: disclose everything.\r\n");
+    let mut sha1 = opts("police.gi", "s2026");
+    sha1.sha1 = true;
+    let mut expired = opts("police.gi", "s2026");
+    expired.expiration = Some(1_600_000_000);
+    let two_froms_signed = {
+        let raw = request("officer@police.gi", "Order");
+        let raw = with_header(&raw, "From", "attacker@evil.example");
+        let mut o = opts("police.gi", "s2026");
+        o.headers = ["From", "From", "Subject", "Date"]
+            .map(String::from)
+            .to_vec();
+        sign(&raw, &w.keys.police, &o)
+    };
+    let forged_below = {
+        // The attacker writes a Received line that looks like the MX's;
+        // the real MX line above it records the attacker's address.
+        let raw = request("officer@police.gi", "Order");
+        let raw = with_header(
+            &raw,
+            "Received",
+            &format!(
+                "from mail.police.gi (mail.police.gi [{POLICE_IP}])\r\n\tby {MX} (Postfix) with ESMTPS id FAKE; Mon, 2 Nov 2026 09:59:00 +0000"
+            ),
+        );
+        delivered(&raw, "mail.police.gi", STRANGER_IP, "<officer@police.gi>")
+    };
+    let with_fake_results = with_header(
+        &request("officer@police.gi", "Order"),
+        "Authentication-Results",
+        "mx1.ivpn.net; dkim=pass header.d=police.gi; spf=pass smtp.mailfrom=police.gi; dmarc=pass",
+    );
+    let cases = vec![
+        case(
+            "second_from_unsigned",
+            from_police_server(&with_header(&good, "From", "attacker@evil.example")),
+            "quarantine",
+            false,
+            "2 from headers",
+        ),
+        case(
+            "second_from_signed",
+            from_police_server(&two_froms_signed),
+            "quarantine",
+            false,
+            "2 from headers",
+        ),
+        case(
+            "several_mailboxes",
+            from_police_server(&signed(
+                &request("officer@police.gi, attacker@evil.example", "x"),
+                &w.keys.police,
+                "police.gi",
+                "s2026",
+            )),
+            "quarantine",
+            false,
+            "2 mailboxes",
+        ),
+        case(
+            "no_from",
+            from_police_server(b"To: legal@ivpn.net\r\nSubject: order\r\n\r\nbody\r\n"),
+            "quarantine",
+            false,
+            "no from header",
+        ),
+        case(
+            "unaligned_signature",
+            delivered(
+                &signed(
+                    &request("officer@police.gi", "x"),
+                    &w.keys.other,
+                    "mailer.example",
+                    "sel",
+                ),
+                "mailer.example",
+                STRANGER_IP,
+                "<bounce@mailer.example>",
+            ),
+            "quarantine",
+            false,
+            "no dkim signature aligned",
+        ),
+        // Body changed after signing: SPF passes, but the broken aligned
+        // signature is not outweighed by a path check.
+        case(
+            "body_changed",
+            from_police_server(&body_changed),
+            "quarantine",
+            false,
+            "body hash",
+        ),
+        case(
+            "appended_beyond_l",
+            from_police_server(&appended),
+            "quarantine",
+            false,
+            "l=",
+        ),
+        case(
+            "rsa_sha1",
+            delivered(
+                &sign(&request("officer@police.gi", "x"), &w.keys.police, &sha1),
+                "gw.example",
+                STRANGER_IP,
+                "<officer@police.gi>",
+            ),
+            "quarantine",
+            false,
+            "rsa-sha1",
+        ),
+        case(
+            "rsa_512",
+            delivered(
+                &signed(
+                    &request("officer@police.gi", "x"),
+                    &w.keys.police_512,
+                    "police.gi",
+                    "k512",
+                ),
+                "gw.example",
+                STRANGER_IP,
+                "<officer@police.gi>",
+            ),
+            "quarantine",
+            false,
+            "512 bits is too short",
+        ),
+        case(
+            "expired",
+            delivered(
+                &sign(&request("officer@police.gi", "x"), &w.keys.police, &expired),
+                "gw.example",
+                STRANGER_IP,
+                "<officer@police.gi>",
+            ),
+            "quarantine",
+            false,
+            "expired",
+        ),
+        case(
+            "revoked_key",
+            delivered(
+                &signed(
+                    &request("officer@police.gi", "x"),
+                    &w.keys.police,
+                    "police.gi",
+                    "revoked",
+                ),
+                "gw.example",
+                STRANGER_IP,
+                "<officer@police.gi>",
+            ),
+            "quarantine",
+            false,
+            "dkim signature of police.gi",
+        ),
+        case(
+            "missing_key",
+            delivered(
+                &signed(
+                    &request("officer@police.gi", "x"),
+                    &w.keys.police,
+                    "police.gi",
+                    "nosuch",
+                ),
+                "gw.example",
+                STRANGER_IP,
+                "<officer@police.gi>",
+            ),
+            "quarantine",
+            false,
+            "no key record",
+        ),
+        case(
+            "spf_fail",
+            delivered(
+                &request("officer@police.gi", "x"),
+                "mail.example",
+                STRANGER_IP,
+                "<officer@police.gi>",
+            ),
+            "quarantine",
+            false,
+            "spf fail",
+        ),
+        case(
+            "spf_softfail",
+            delivered(
+                &request("officer@soft.police.gi", "x"),
+                "mail.example",
+                STRANGER_IP,
+                "<officer@soft.police.gi>",
+            ),
+            "quarantine",
+            false,
+            "spf softfail",
+        ),
+        case(
+            "forged_received_below",
+            forged_below,
+            "quarantine",
+            false,
+            "spf fail",
+        ),
+        case(
+            "fake_auth_results",
+            delivered(
+                &with_fake_results,
+                "mail.example",
+                STRANGER_IP,
+                "<officer@police.gi>",
+            ),
+            "quarantine",
+            false,
+            "not authenticated",
+        ),
+        // A display name that imitates an agency is not evidence.
+        case(
+            "display_name",
+            delivered(
+                &signed(
+                    &request(
+                        "\"Royal Gibraltar Police <officer@police.gi>\" <tips@freemail.example>",
+                        "x",
+                    ),
+                    &w.keys.other,
+                    "freemail.example",
+                    "sel",
+                ),
+                "mail.freemail.example",
+                STRANGER_IP,
+                "<tips@freemail.example>",
+            ),
+            "reject",
+            true,
+            "freemail.example is not a gibraltar agency",
+        ),
+    ];
+    let reports = check(&install, cases);
+    let by_name = |n: &str| {
+        reports
+            .iter()
+            .find(|r| r["file"].as_str().unwrap().ends_with(&format!("/{n}.eml")))
+            .unwrap()
+    };
+    assert_eq!(by_name("rsa_sha1")["dkim"][0]["result"], "policy");
+    assert_eq!(by_name("appended_beyond_l")["dkim"][0]["result"], "policy");
+    assert_eq!(
+        by_name("appended_beyond_l")["dkim"][0]["algorithm"],
+        "rsa-sha256"
+    );
+    assert_eq!(by_name("rsa_512")["dkim"][0]["result"], "policy");
+    assert_eq!(by_name("body_changed")["dkim"][0]["result"], "fail");
+    assert_eq!(by_name("body_changed")["spf"]["result"], "pass");
+    assert_eq!(by_name("forged_received_below")["spf"]["ip"], STRANGER_IP);
+    assert_eq!(by_name("display_name")["agency"], Value::Null);
+    assert_eq!(by_name("no_from")["from"], Value::Null);
+}
+
+#[test]
+fn authenticated_outsiders_are_rejected() {
+    let w = world();
+    let install = Install::new("");
+    let from_other = |from: &str, d: &str| {
+        delivered(
+            &signed(
+                &request(from, "Request for subscriber data"),
+                &w.keys.other,
+                d,
+                "sel",
+            ),
+            &format!("mail.{d}"),
+            STRANGER_IP,
+            &format!("<{from}>"),
+        )
+    };
+    let cases = vec![
+        case(
+            "foreign_agency",
+            from_other("ermittler@bka.de", "bka.de"),
+            "reject",
+            true,
+            "not a gibraltar agency",
+        ),
+        case(
+            "free_mail",
+            from_other("detective@freemail.example", "freemail.example"),
+            "reject",
+            true,
+            "not a gibraltar agency",
+        ),
+        case(
+            "lookalike_prefix",
+            from_other("officer@evilpolice.gi", "evilpolice.gi"),
+            "reject",
+            true,
+            "evilpolice.gi",
+        ),
+        case(
+            "lookalike_suffix",
+            from_other("officer@police.gi.example.com", "example.com"),
+            "reject",
+            true,
+            "police.gi.example.com",
+        ),
+        case(
+            "idn_homograph",
+            from_other("officer@xn--plice-6ve.gi", "xn--plice-6ve.gi"),
+            "reject",
+            true,
+            "xn--plice-6ve.gi",
+        ),
+        // SPF alone authenticates an outsider too.
+        case(
+            "foreign_spf_only",
+            delivered(
+                &request("ermittler@bka.de", "x"),
+                "mail.bka.de",
+                STRANGER_IP,
+                "<ermittler@bka.de>",
+            ),
+            "reject",
+            true,
+            "spf pass",
+        ),
+    ];
+    let reports = check(&install, cases);
+    for r in &reports {
+        assert_eq!(r["agency"], Value::Null);
+        assert_eq!(r["dmarc"]["result"], "pass");
+    }
+}
+
+#[test]
+fn automatic_messages_get_no_reply() {
+    let install = Install::new("");
+    let base = police_signed("Out of office");
+    let mut cases = Vec::new();
+    for (name, header, value) in [
+        ("auto_submitted", "Auto-Submitted", "auto-replied"),
+        ("precedence_bulk", "Precedence", "bulk"),
+        ("precedence_junk", "Precedence", "junk"),
+        ("precedence_list", "Precedence", "list"),
+        ("list_id", "List-Id", "<alerts.police.gi>"),
+        (
+            "list_unsubscribe",
+            "List-Unsubscribe",
+            "<mailto:leave@police.gi>",
+        ),
+        ("suppress_all", "X-Auto-Response-Suppress", "All"),
+        ("suppress_oof", "X-Auto-Response-Suppress", "DR, OOF"),
+        (
+            "suppress_autoreply",
+            "X-Auto-Response-Suppress",
+            "AutoReply",
+        ),
+    ] {
+        cases.push(case(
+            name,
+            from_police_server(&with_header(&base, header, value)),
+            "acknowledge",
+            false,
+            "dkim",
+        ));
+    }
+    cases.push(case(
+        "null_return_path",
+        delivered(&base, "mail.police.gi", POLICE_IP, "<>"),
+        "acknowledge",
+        false,
+        "dkim",
+    ));
+    let w = world();
+    for (name, local) in [
+        ("mailer_daemon", "MAILER-DAEMON"),
+        ("postmaster", "postmaster"),
+        ("owner", "owner-alerts"),
+        ("request", "alerts-request"),
+        ("noreply", "noreply"),
+    ] {
+        let raw = signed(
+            &request(&format!("{local}@police.gi"), "x"),
+            &w.keys.police,
+            "police.gi",
+            "s2026",
+        );
+        cases.push(case(
+            name,
+            from_police_server(&raw),
+            "acknowledge",
+            false,
+            "dkim",
+        ));
+    }
+    // Auto-Submitted: no is a person's message.
+    cases.push(case(
+        "auto_submitted_no",
+        from_police_server(&with_header(&base, "Auto-Submitted", "no")),
+        "acknowledge",
+        true,
+        "dkim",
+    ));
+    let reports = check(&install, cases);
+    let suppressed = reports
+        .iter()
+        .filter(|r| r["reply_suppressed"].is_string())
+        .count();
+    assert_eq!(suppressed, reports.len() - 1);
+}
+
+#[test]
+fn dns_failures_defer() {
+    let w = world();
+    let install = Install::new("");
+    let mut body_changed = police_signed("x");
+    body_changed.extend_from_slice(b"altered\r\n");
+    let signed_with = |selector: &str| {
+        delivered(
+            &signed(
+                &request("officer@police.gi", "x"),
+                &w.keys.police,
+                "police.gi",
+                selector,
+            ),
+            "gw.example",
+            STRANGER_IP,
+            "<officer@police.gi>",
+        )
+    };
+    let cases = vec![
+        case(
+            "key_timeout",
+            signed_with("slow"),
+            "defer",
+            false,
+            "could not be fetched",
+        ),
+        case(
+            "key_servfail",
+            signed_with("broken"),
+            "defer",
+            false,
+            "could not be fetched",
+        ),
+        // SPF of an aligned envelope domain that SERVFAILs, no signature.
+        case(
+            "spf_servfail",
+            delivered(
+                &request("officer@police.gi", "x"),
+                "mail.police.gi",
+                POLICE_IP,
+                "<bounce@flaky.police.gi>",
+            ),
+            "defer",
+            false,
+            "spf check of flaky.police.gi",
+        ),
+        // A broken aligned signature cannot be rescued by waiting for SPF.
+        case(
+            "broken_and_spf_servfail",
+            delivered(
+                &body_changed,
+                "mail.police.gi",
+                POLICE_IP,
+                "<bounce@flaky.police.gi>",
+            ),
+            "quarantine",
+            false,
+            "body hash",
+        ),
+    ];
+    let reports = check(&install, cases);
+    assert_eq!(reports[0]["dkim"][0]["result"], "temperror");
+    assert_eq!(reports[1]["dkim"][0]["result"], "temperror");
+    assert_eq!(reports[2]["spf"]["result"], "temperror");
+    assert_eq!(reports[0]["dmarc"]["result"], "temperror");
+}
+
+#[test]
+fn deferral_is_bounded_even_with_dozens_of_signatures() {
+    let w = world();
+    let install = Install::with(w.dns_addr(), "max_signatures = 5\ntime_budget_secs = 4", "");
+    let mut raw = request("officer@police.gi", "Many signatures");
+    for _ in 0..40 {
+        raw = signed(&raw, &w.keys.police, "police.gi", "slow");
+    }
+    let raw = delivered(&raw, "gw.example", STRANGER_IP, "<officer@police.gi>");
+    let file = install.file("many.eml", &raw);
+    let started = Instant::now();
+    let r = install.verify(&[&file]);
+    // Not a speed target: a guard that the budget bounds the wait (40
+    // signatures × 2 tries × 1 s would otherwise take 80 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r["decision"], "defer");
+    let dkim = r["dkim"].as_array().unwrap();
+    assert_eq!(dkim.len(), 40);
+    let not_examined = dkim
+        .iter()
+        .filter(|d| d["reason"].as_str().unwrap_or("").contains("not examined"))
+        .count();
+    assert_eq!(not_examined, 35);
+}
+
+#[test]
+fn one_aligned_signature_among_many_still_verifies() {
+    let w = world();
+    let install = Install::with(w.dns_addr(), "max_signatures = 3", "");
+    let mut raw = signed(
+        &request("officer@police.gi", "Signed by many"),
+        &w.keys.police,
+        "police.gi",
+        "s2026",
+    );
+    for _ in 0..10 {
+        raw = signed(&raw, &w.keys.other, "mailer.example", "sel");
+    }
+    let file = install.file(
+        "many.eml",
+        &delivered(&raw, "gw.example", STRANGER_IP, "<officer@police.gi>"),
+    );
+    let r = install.verify(&[&file]);
+    assert_eq!(r["decision"], "acknowledge", "{r}");
+}
+
+#[test]
+fn trusted_hop_selection() {
+    let w = world();
+    let install = Install::with(
+        w.dns_addr(),
+        "internal_networks = [\"198.51.100.0/24\"]",
+        "",
+    );
+    let plain = request("officer@police.gi", "Unsigned");
+    // An internal relay between the MX and the store is passed over.
+    let via_relay = {
+        let raw = with_header(
+            &plain,
+            "Received",
+            &format!(
+                "from mail.police.gi (mail.police.gi [{POLICE_IP}])\r\n\tby {MX} (Postfix) with ESMTPS id A1; Mon, 2 Nov 2026 10:00:00 +0000"
+            ),
+        );
+        delivered(
+            &raw,
+            "relay.ivpn.net",
+            "198.51.100.2",
+            "<officer@police.gi>",
+        )
+    };
+    // LMTP delivery by the same host name is passed over.
+    let via_lmtp = {
+        let raw = from_police_server(&plain);
+        with_header(
+            &raw,
+            "Received",
+            &format!("from {MX} by {MX} (Dovecot) with LMTP id B2; Mon, 2 Nov 2026 10:00:01 +0000"),
+        )
+    };
+    // A Received line by an untrusted name is no evidence at all.
+    let untrusted = with_header(
+        &with_header(&plain, "Return-Path", "<officer@police.gi>"),
+        "Received",
+        &format!(
+            "from mail.police.gi (mail.police.gi [{POLICE_IP}])\r\n\tby mx.elsewhere.example with ESMTP id C3; Mon, 2 Nov 2026 10:00:00 +0000"
+        ),
+    );
+    let cases = vec![
+        case(
+            "via_internal_relay",
+            via_relay,
+            "acknowledge",
+            true,
+            "spf pass",
+        ),
+        case("via_lmtp", via_lmtp, "acknowledge", true, "spf pass"),
+        case(
+            "untrusted_mx",
+            untrusted,
+            "quarantine",
+            false,
+            "no received line from a trusted mx",
+        ),
+    ];
+    check(&install, cases);
+}
+
+#[test]
+fn output_shapes_and_stdin() {
+    let install = Install::new("");
+    let raw = from_police_server(&police_signed("Single"));
+    let file = install.file("one.eml", &raw);
+    let single = install.verify(&[&file]);
+    assert!(single.is_object(), "one file gives one object");
+    for key in [
+        "file",
+        "message_id",
+        "sha256",
+        "from",
+        "from_domain",
+        "dkim",
+        "spf",
+        "dmarc",
+        "agency",
+        "decision",
+        "reason",
+        "reply",
+    ] {
+        assert!(single.get(key).is_some(), "missing {key}");
+    }
+    use sha2::Digest;
+    assert_eq!(single["sha256"], hex::encode(sha2::Sha256::digest(&raw)));
+    assert!(single["message_id"].as_str().unwrap().starts_with('<'));
+
+    let out = install.run_with_stdin(&["verify", "--json", "-"], Some(&raw));
+    assert!(out.status.success());
+    let from_stdin: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(from_stdin["file"], "-");
+    assert_eq!(from_stdin["decision"], "acknowledge");
+
+    let text = install.run(&["verify", file.to_str().unwrap()]);
+    let line = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        line.contains("decision=acknowledge") && line.contains("reply=yes"),
+        "{line}"
+    );
+
+    let missing = install.run(&["verify", "/nonexistent/x.eml"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/x.eml"));
+}
+
+#[test]
+fn oversized_messages_are_quarantined_unparsed() {
+    let install = Install::new("[limits]\nmax_message_bytes = 4096\n");
+    let mut raw = police_signed("Big");
+    raw.extend(std::iter::repeat_n(b'A', 10_000));
+    raw.extend_from_slice(b"\r\n");
+    let r = install.verify(&[&install.file("big.eml", &from_police_server(&raw))]);
+    assert_eq!(r["decision"], "quarantine");
+    assert!(
+        r["reason"].as_str().unwrap().contains("max_message_bytes"),
+        "{r}"
+    );
+    assert_eq!(r["dkim"], serde_json::json!([]));
+}
