@@ -210,7 +210,8 @@ impl Authenticator {
             )
         };
         opts.timeout = config.dns.timeout;
-        opts.attempts = 2;
+        // hickory counts retries: one retry, so two tries per server.
+        opts.attempts = 1;
         opts.cache_size = 4096;
         // Names are always absolute here; never append a search domain.
         opts.ndots = 0;
@@ -273,9 +274,12 @@ impl Authenticator {
         // the strict parse refuses), are reported with the d= and s= read
         // from the header, so that an aligned one still blocks SPF.
         for e in &message.errors {
-            let (AuthError::Dkim(_) | AuthError::ParseError | AuthError::Base64) = &e.header else {
+            // The list also holds ARC and DKIM2 errors; only DKIM-Signature
+            // headers are ours. Any error counts, whatever its kind (a
+            // missing b= is as broken as an unknown algorithm).
+            if !e.name.eq_ignore_ascii_case(b"DKIM-Signature") {
                 continue;
-            };
+            }
             let (domain, selector, algorithm) = tags(e.value);
             let (result, reason) = match &e.header {
                 AuthError::Dkim(DkimError::SignatureLength) => (
@@ -446,18 +450,40 @@ impl Authenticator {
                 return check;
             }
         };
+        let host = hop.by.as_ref().map(|d| d.to_string()).unwrap_or_default();
+        let evaluated = self.check_spf(ip, &helo, &host, &sender, deadline).await;
+        SpfCheck {
+            received: check.received,
+            ..evaluated
+        }
+    }
+
+    /// RFC 7208 `check_host()` for the envelope sender `sender` (already
+    /// `postmaster@HELO` for a null path) arriving from `ip`; `host` is the
+    /// receiving host's name (for the `%{r}` macro). This is the whole SPF
+    /// path the decision uses, exposed for the RFC 7208 test suite.
+    pub async fn check_spf(
+        &self,
+        ip: IpAddr,
+        helo: &str,
+        host: &str,
+        sender: &str,
+        deadline: Instant,
+    ) -> SpfCheck {
+        let mut check = SpfCheck::none("");
+        check.ip = Some(ip);
+        check.helo = (!helo.is_empty()).then(|| helo.to_string());
+        check.envelope_from = Some(sender.to_string());
         let Some(domain) = sender
             .rsplit_once('@')
             .and_then(|(_, d)| normalize_domain(d))
         else {
             check.reason = Some("the envelope sender has no valid domain".into());
-            check.envelope_from = Some(sender);
             return check;
         };
         check.domain = Some(domain.to_string());
-        check.envelope_from = Some(sender.clone());
-        let host = hop.by.as_ref().map(|d| d.to_string()).unwrap_or_default();
-        let params = SpfParameters::verify_mail_from(ip, &helo, &host, &sender);
+        check.reason = None;
+        let params = SpfParameters::verify_mail_from(ip, helo, host, sender);
         match tokio::time::timeout_at(deadline.into(), self.inner.resolver.verify_spf(params)).await
         {
             Ok(output) => {

@@ -65,7 +65,7 @@ pub fn normalize_domain(input: &str) -> Option<DomainName> {
         })
         // A name made only of digits and dots is an address, not a domain.
         && !ascii.bytes().all(|b| b.is_ascii_digit() || b == b'.');
-    valid.then(|| DomainName(ascii))
+    valid.then_some(DomainName(ascii))
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@
 //!           pure              edge (DNS)      pure      edge
 //! ```
 //!
+//! `pipeline` is the one place that orders the side effects of filing a
+//! message; `store` is the one module with SQL.
+//!
 //! - [`config`]: the TOML file, validated once into a `Config`.
 //! - [`domain`]: domain names as the policy compares them.
 //! - [`message`]: raw bytes → `Inbound`, the facts the decision needs.
@@ -14,11 +17,29 @@
 //! - [`decide`]: the decision table of SPEC.md, a pure function.
 //! - [`judge`]: the three above in order, shared by every command.
 //! - [`verify`]: the `verify` command's output.
+//! - [`triage`]: request kind, emergency flag and identifiers read from the text, pure.
+//! - [`clock`]: the stored form of times, and the clock passed down from `main`.
+//! - [`case`]: references, statuses and their transitions, the case record.
+//! - [`store`]: the SQLite case log: schema, migrations, every SQL statement.
+//! - [`audit`]: the tamper-evident hash chain of events and `audit verify`.
+//! - [`pipeline`]: a judged message filed: threading, history, decision, case, reply, events.
+//! - [`ingest`]: the `ingest` command: concurrent judging, batched filing.
+//! - [`cases`]: the legal team's `cases list|show|set-status|set` commands.
+//! - [`export`]: `cases export`, the evidence bundle with its manifest.
 
+pub mod audit;
 pub mod authenticate;
+pub mod case;
+pub mod cases;
+pub mod clock;
 pub mod config;
 pub mod decide;
 pub mod domain;
+pub mod export;
+pub mod ingest;
 pub mod judge;
 pub mod message;
+pub mod pipeline;
+pub mod store;
+pub mod triage;
 pub mod verify;

@@ -6,8 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use legal_intake::case::{Reference, Status, UserNotice};
+use legal_intake::cases::{self, Changes, DateSetting, UsageError};
+use legal_intake::clock::{self, Clock};
 use legal_intake::config::{self, Config};
 use legal_intake::judge::Judge;
+use legal_intake::triage::RequestKind;
 
 #[derive(Parser)]
 #[command(
@@ -34,21 +38,143 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// File messages into the case log exactly as the daemon would (replies
+    /// queued too): replay and MTA-pipe delivery.
+    Ingest {
+        /// Print one JSON array, one object per message.
+        #[arg(long)]
+        json: bool,
+        /// Message files; `-` reads standard input.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// The case log.
+    Cases {
+        #[command(subcommand)]
+        command: CasesCommand,
+    },
+    /// The tamper-evident audit chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Validate the configuration and print a one-line summary.
     CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum CasesCommand {
+    /// List cases, oldest first.
+    List {
+        /// Only cases in this status.
+        #[arg(long, value_name = "STATUS", value_parser = parse_status)]
+        status: Option<Status>,
+        /// Print one JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One case: messages with verdicts and evidence, replies, events.
+    Show {
+        /// The case reference, e.g. LR-2026-0001.
+        #[arg(value_name = "ID", value_parser = parse_reference)]
+        id: Reference,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a case along: received → under_review → responded | challenged |
+    /// rejected → closed (see `legal_intake::case` for every rule).
+    SetStatus {
+        #[arg(value_name = "ID", value_parser = parse_reference)]
+        id: Reference,
+        #[arg(value_name = "STATUS", value_parser = parse_status)]
+        status: Status,
+        /// Why (recorded in the audit event; required to reopen a closed case).
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
+    /// Change case fields; each change is an audit event.
+    Set {
+        #[arg(value_name = "ID", value_parser = parse_reference)]
+        id: Reference,
+        /// When the duplicate hard copy was served in person (`none` clears).
+        #[arg(long, value_name = "DATE", value_parser = cases::parse_date_setting)]
+        hard_copy_served: Option<DateSetting>,
+        /// Whether the user may be notified under the legal process.
+        #[arg(long, value_name = "permitted|prohibited|unknown", value_parser = parse_user_notice)]
+        user_notice: Option<UserNotice>,
+        /// Until when notice is prohibited (with `--user-notice prohibited`).
+        #[arg(long, value_name = "DATE", value_parser = cases::parse_date_setting, requires = "user_notice")]
+        until: Option<DateSetting>,
+        /// The response deadline (`none` clears).
+        #[arg(long, value_name = "DATE", value_parser = cases::parse_date_setting)]
+        deadline: Option<DateSetting>,
+        /// Correct the request kind read by triage.
+        #[arg(long, value_name = "KIND", value_parser = parse_kind)]
+        kind: Option<RequestKind>,
+        /// Set or clear the emergency flag (yes or no).
+        #[arg(long, value_name = "yes|no", value_parser = clap::builder::BoolishValueParser::new())]
+        emergency: Option<bool>,
+        /// A note, recorded with the changes (or alone).
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
+    /// Write the evidence bundle of a case into a new or empty folder.
+    Export {
+        #[arg(value_name = "ID", value_parser = parse_reference)]
+        id: Reference,
+        /// The folder; it must not exist or must be empty.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain and check every stored message against it.
+    Verify {
+        /// A head hash recorded earlier (a notice, a digest) that must still
+        /// be part of the chain.
+        #[arg(long, value_name = "HASH")]
+        head: Option<String>,
+    },
+}
+
+fn parse_reference(s: &str) -> Result<Reference, String> {
+    s.parse()
+}
+
+fn parse_status(s: &str) -> Result<Status, String> {
+    s.parse()
+}
+
+fn parse_user_notice(s: &str) -> Result<UserNotice, String> {
+    s.parse()
+}
+
+fn parse_kind(s: &str) -> Result<RequestKind, String> {
+    RequestKind::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = RequestKind::ALL.iter().map(|k| k.as_str()).collect();
+        format!("`{s}` is not a request kind; one of: {}", all.join(", "))
+    })
 }
 
 /// A failure and the exit code it maps to.
 enum Failure {
     /// Bad configuration: exit 2.
     Config(config::ConfigError),
+    /// A command that makes no sense as given: exit 2.
+    Usage(String),
     /// Anything else at run time: exit 1.
     Runtime(anyhow::Error),
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
-        Failure::Runtime(e)
+        match e.downcast::<UsageError>() {
+            Ok(usage) => Failure::Usage(usage.0),
+            Err(e) => Failure::Runtime(e),
+        }
     }
 }
 
@@ -69,6 +195,10 @@ fn main() -> ExitCode {
             eprintln!("legal-intake: configuration error: {e}");
             ExitCode::from(2)
         }
+        Err(Failure::Usage(e)) => {
+            eprintln!("legal-intake: {e}");
+            ExitCode::from(2)
+        }
         Err(Failure::Runtime(e)) => {
             eprintln!("legal-intake: {e:#}");
             ExitCode::from(1)
@@ -78,6 +208,20 @@ fn main() -> ExitCode {
 
 fn load(path: &std::path::Path) -> Result<Config, Failure> {
     Config::load(path).map_err(Failure::Config)
+}
+
+/// The clock: the system's, or the instant in `LEGAL_INTAKE_NOW` (RFC 3339).
+/// The override exists for tests (numbering across years, the 24-hour and
+/// 7-day reply limits) and is read here only, never by the library.
+fn clock() -> Result<Clock, Failure> {
+    match std::env::var("LEGAL_INTAKE_NOW") {
+        Ok(s) if !s.is_empty() => clock::parse_instant(&s).map(Clock::Fixed).ok_or_else(|| {
+            Failure::Usage(format!(
+                "LEGAL_INTAKE_NOW: `{s}` is not an RFC 3339 time such as 2026-11-02T10:00:00Z"
+            ))
+        }),
+        _ => Ok(Clock::System),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -102,6 +246,82 @@ fn run(cli: Cli) -> Result<bool, Failure> {
                 legal_intake::verify::run(judge, files, json).await
             })?;
             Ok(ok)
+        }
+        Command::Ingest { json, files } => {
+            let config = load(&cli.config)?;
+            let clock = clock()?;
+            let rt = runtime()?;
+            Ok(rt.block_on(legal_intake::ingest::run(&config, clock, files, json))?)
+        }
+        Command::Cases { command } => {
+            let config = load(&cli.config)?;
+            let clock = clock()?;
+            let mut store = cases::open(&config.store.database)?;
+            let mut out = std::io::stdout().lock();
+            match command {
+                CasesCommand::List { status, json } => cases::list(&store, status, json, &mut out)?,
+                CasesCommand::Show { id, json } => cases::show(&store, id, json, &mut out)?,
+                CasesCommand::SetStatus { id, status, note } => {
+                    let line = cases::set_status(
+                        &mut store,
+                        id,
+                        status,
+                        note.as_deref(),
+                        &cases::operator(),
+                        clock,
+                    )?;
+                    println!("{line}");
+                }
+                CasesCommand::Set {
+                    id,
+                    hard_copy_served,
+                    user_notice,
+                    until,
+                    deadline,
+                    kind,
+                    emergency,
+                    note,
+                } => {
+                    let changes = Changes {
+                        hard_copy_served,
+                        user_notice,
+                        until,
+                        deadline,
+                        kind,
+                        emergency,
+                        note,
+                    };
+                    for line in cases::set(&mut store, id, &changes, &cases::operator(), clock)? {
+                        println!("{line}");
+                    }
+                }
+                CasesCommand::Export { id, out: dir } => {
+                    let manifest = legal_intake::export::export(
+                        &mut store,
+                        id,
+                        &dir,
+                        &cases::operator(),
+                        clock,
+                    )?;
+                    println!(
+                        "{id}: {} files written to {}, listed in manifest.json",
+                        manifest.files.len(),
+                        dir.display()
+                    );
+                }
+            }
+            Ok(true)
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { head },
+        } => {
+            let config = load(&cli.config)?;
+            let store = cases::open(&config.store.database)?;
+            let report = legal_intake::audit::verify(&store, head.as_deref())?;
+            for line in report.lines() {
+                println!("{line}");
+            }
+            Ok(report.intact())
         }
     }
 }

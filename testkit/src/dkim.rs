@@ -8,7 +8,7 @@
 //! and mail-auth cannot produce an already expired signature. Those legacy
 //! cases are exactly what the daemon has to classify, so the tests need them.
 //!
-//! ```no_run
+//! ```
 //! use testkit::dkim::{self, KeyKind, SignOptions};
 //!
 //! let key = dkim::generate(KeyKind::Ed25519);
@@ -62,50 +62,52 @@ impl TestKey {
     }
 }
 
-/// Generates a new key pair.
+/// Generates a new key pair with `openssl genpkey`.
 ///
-/// RSA keys come from `openssl genpkey` (aws-lc-rs will not generate, or
-/// even load, keys under 2048 bits); Ed25519 keys from aws-lc-rs through
-/// mail-auth.
+/// openssl rather than aws-lc-rs: aws-lc-rs will not generate (or even load)
+/// RSA keys under 2048 bits, and its Ed25519 PKCS#8 v2 output is unreadable
+/// for OpenSSL 3.0, whereas openssl's PKCS#8 v1 PEM loads everywhere,
+/// mail-auth included.
 ///
 /// # Panics
 ///
 /// If the `openssl` command is missing or fails (for example for an RSA size
-/// it refuses), or if key generation fails.
+/// it refuses).
 pub fn generate(kind: KeyKind) -> TestKey {
-    match kind {
-        KeyKind::Rsa(bits) => {
-            let pem = openssl(
-                &[
-                    "genpkey",
-                    "-quiet",
-                    "-algorithm",
-                    "RSA",
-                    "-pkeyopt",
-                    &format!("rsa_keygen_bits:{bits}"),
-                ],
-                &[],
-            );
-            let spki = openssl(&["pkey", "-pubout", "-outform", "DER"], &pem);
-            TestKey {
-                kind,
-                private_pem: String::from_utf8(pem).expect("openssl writes ASCII PEM"),
-                dns_txt: format!("v=DKIM1; k=rsa; p={}", BASE64.encode(&spki)),
-            }
-        }
+    let (algorithm, options) = match kind {
+        KeyKind::Rsa(bits) => ("RSA", vec![format!("rsa_keygen_bits:{bits}")]),
+        KeyKind::Ed25519 => ("ED25519", Vec::new()),
+    };
+    let mut args = vec!["genpkey", "-algorithm", algorithm];
+    for option in &options {
+        args.extend(["-pkeyopt", option]);
+    }
+    let pem = openssl(&args, &[]);
+    let spki = openssl(&["pkey", "-pubout", "-outform", "DER"], &pem);
+    let dns_txt = match kind {
+        // RFC 6376 §3.6.1: k=rsa publishes the SubjectPublicKeyInfo.
+        KeyKind::Rsa(_) => format!("v=DKIM1; k=rsa; p={}", BASE64.encode(&spki)),
+        // RFC 8463 §4.2: k=ed25519 publishes the bare 32-byte key.
         KeyKind::Ed25519 => {
-            let pkcs8 = Ed25519Key::generate_pkcs8().expect("generate an Ed25519 key");
-            let public = Ed25519Key::from_pkcs8_der(&pkcs8)
-                .expect("load the Ed25519 key just generated")
-                .public_key();
-            TestKey {
-                kind,
-                private_pem: pem_encode("PRIVATE KEY", &pkcs8),
-                dns_txt: format!("v=DKIM1; k=ed25519; p={}", BASE64.encode(&public)),
-            }
+            let raw = spki
+                .strip_prefix(&ED25519_SPKI_PREFIX)
+                .filter(|key| key.len() == 32)
+                .unwrap_or_else(|| panic!("unexpected Ed25519 SubjectPublicKeyInfo {spki:02x?}"));
+            format!("v=DKIM1; k=ed25519; p={}", BASE64.encode(raw))
         }
+    };
+    TestKey {
+        kind,
+        private_pem: String::from_utf8(pem).expect("openssl writes ASCII PEM"),
+        dns_txt,
     }
 }
+
+/// DER of an Ed25519 SubjectPublicKeyInfo up to the key bits (RFC 8410 §4):
+/// SEQUENCE { SEQUENCE { OID 1.3.101.112 } BIT STRING (33 bytes, 0 unused) }.
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 /// What to sign and how.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +124,11 @@ pub struct SignOptions {
     pub expiration: Option<u64>,
     /// Whether to add the body length tag (`l=`), which lets anyone append
     /// to the body without breaking the signature.
+    ///
+    /// Beware: mail-auth's signer and verifier count `l=` in *raw* body
+    /// bytes, while RFC 6376 §3.5 (and [`sign_builtin`]) count canonicalized
+    /// bytes. The two agree only for bodies that are already canonical (no
+    /// trailing blanks, no trailing empty lines, CRLF endings).
     pub body_length: bool,
     /// Sign with rsa-sha1 instead of rsa-sha256 (RSA keys only).
     pub sha1: bool,
@@ -154,8 +161,10 @@ impl SignOptions {
 ///
 /// mail-auth's signer makes the signature for Ed25519 and for RSA of 2048
 /// bits or more with SHA-256, unless `expiration` is not in the future;
-/// everything else goes to [`sign_builtin`]. Both verify the same way; they
-/// differ only in how the header is laid out.
+/// everything else goes to [`sign_builtin`]. Both verify alike with
+/// mail-auth. They differ in header layout, in `h=` order (mail-auth lists
+/// the headers it found bottom-up, then appends the absent ones) and in how
+/// `l=` is counted (see [`SignOptions::body_length`]).
 ///
 /// # Panics
 ///
@@ -348,17 +357,6 @@ fn openssl(args: &[&str], input: &[u8]) -> Vec<u8> {
         );
     }
     output.stdout
-}
-
-fn pem_encode(label: &str, der: &[u8]) -> String {
-    let b64 = BASE64.encode(der);
-    let mut pem = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        pem.push('\n');
-    }
-    pem.push_str(&format!("-----END {label}-----\n"));
-    pem
 }
 
 fn prepend(header: &[u8], message: &[u8]) -> Vec<u8> {
@@ -583,13 +581,5 @@ mod tests {
         assert!(unfolded.starts_with("DKIM-Signature: v=1; a=rsa-sha256; h=From"));
         let compact = unfolded.replace(' ', "");
         assert!(compact.contains(&format!("b={}", "B".repeat(344))));
-    }
-
-    #[test]
-    fn pem_round_trips() {
-        let der: Vec<u8> = (0..=255).collect();
-        let pem = pem_encode("PRIVATE KEY", &der);
-        let parsed = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).unwrap();
-        assert_eq!(parsed.secret_pkcs8_der(), der.as_slice());
     }
 }

@@ -11,6 +11,8 @@
 //! `example.com` and `example.net`, addresses from 192.0.2.0/24,
 //! 198.51.100.0/24 and 2001:db8::/32.
 
+#![warn(missing_docs)]
+
 pub mod dkim;
 pub mod dns;
 pub mod mail;

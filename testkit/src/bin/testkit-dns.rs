@@ -51,7 +51,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(String, u16), S
                     .parse()
                     .map_err(|e| format!("bad port {value:?}: {e}\n{USAGE}"))?;
             }
-            "-h" | "--help" => return Err(USAGE.to_owned()),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             _ if arg.starts_with("--port=") => {
                 let value = &arg["--port=".len()..];
                 port = value

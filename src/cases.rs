@@ -1,0 +1,521 @@
+//! The legal team's commands on the case log: `cases list`, `cases show`,
+//! `cases set-status` and `cases set`.
+//!
+//! Every change is made in one write transaction that reads the case,
+//! checks the change, writes it and appends an audit event naming the
+//! Unix user who ran the command ([`operator`]) and the time. The status
+//! rules are `case::Status::next`.
+
+use std::io::Write;
+
+use anyhow::Context;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::audit::{self, kind};
+use crate::case::{Case, Field, Reference, Status, UserNotice};
+use crate::clock::{self, Clock};
+use crate::store::{EventRow, MessageRow, ReplyRow, Store, VerdictRow};
+use crate::triage::RequestKind;
+
+/// A command that makes no sense as given (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A change that the case's state does not allow, or a case that does not
+/// exist (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("no case {0}")]
+    NoSuchCase(Reference),
+    #[error("{reference}: {reason}")]
+    Move {
+        reference: Reference,
+        reason: String,
+    },
+}
+
+/// Who is running the command: `$USER`, else what `id -un` says, else
+/// `unknown`. Recorded on every change, never trusted for anything else.
+pub fn operator() -> String {
+    let clean = |s: &str| crate::message::clean(s.trim(), 64);
+    if let Ok(user) = std::env::var("USER")
+        && !user.trim().is_empty()
+    {
+        return clean(&user);
+    }
+    std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| clean(&String::from_utf8_lossy(&o.stdout)))
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// A date setting on the command line: a date (`2026-12-01`) or RFC 3339
+/// instant, or `none` to clear the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DateSetting(pub Option<String>);
+
+/// Parses a [`DateSetting`] (for clap).
+pub fn parse_date_setting(s: &str) -> Result<DateSetting, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(DateSetting(None));
+    }
+    clock::parse_date_or_instant(s)
+        .map(|d| DateSetting(Some(d)))
+        .ok_or_else(|| {
+            format!("`{s}` is not a date such as 2026-12-01, an RFC 3339 time, or `none`")
+        })
+}
+
+/// The changes `cases set` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub hard_copy_served: Option<DateSetting>,
+    pub user_notice: Option<UserNotice>,
+    pub until: Option<DateSetting>,
+    pub deadline: Option<DateSetting>,
+    pub kind: Option<RequestKind>,
+    pub emergency: Option<bool>,
+    pub note: Option<String>,
+}
+
+impl Changes {
+    /// The field values asked for, checked against each other.
+    fn fields(&self, case: &Case) -> Result<Vec<(Field, Value)>, UsageError> {
+        let mut out = Vec::new();
+        let date = |d: &DateSetting| d.0.clone().map_or(Value::Null, Value::String);
+        if let Some(d) = &self.hard_copy_served {
+            out.push((Field::HardCopyServed, date(d)));
+        }
+        if let Some(n) = self.user_notice {
+            if n == UserNotice::ProhibitedUnconfirmed {
+                return Err(UsageError(
+                    "--user-notice takes permitted, prohibited or unknown; \"to be confirmed\" is set by triage only"
+                        .into(),
+                ));
+            }
+            out.push((Field::UserNotice, n.as_str().into()));
+            match (&self.until, n) {
+                (Some(u), UserNotice::Prohibited) => out.push((Field::UserNoticeUntil, date(u))),
+                (Some(_), _) => {
+                    return Err(UsageError(
+                        "--until applies only with --user-notice prohibited".into(),
+                    ));
+                }
+                // Notice that is no longer prohibited has no end date.
+                (None, _) if n != UserNotice::Prohibited => {
+                    out.push((Field::UserNoticeUntil, Value::Null))
+                }
+                (None, _) => {}
+            }
+        } else if self.until.is_some() {
+            return Err(UsageError("--until needs --user-notice prohibited".into()));
+        }
+        if let Some(d) = &self.deadline {
+            out.push((Field::Deadline, date(d)));
+        }
+        if let Some(k) = self.kind {
+            out.push((Field::Kind, k.as_str().into()));
+        }
+        if let Some(e) = self.emergency {
+            out.push((Field::Emergency, e.into()));
+        }
+        // Only real changes become events.
+        out.retain(|(f, v)| case.value(*f) != *v);
+        Ok(out)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.hard_copy_served.is_none()
+            && self.user_notice.is_none()
+            && self.until.is_none()
+            && self.deadline.is_none()
+            && self.kind.is_none()
+            && self.emergency.is_none()
+            && self.note.is_none()
+    }
+}
+
+/// `cases set`: changes fields; returns one line per change made.
+pub fn set(
+    store: &mut Store,
+    reference: Reference,
+    changes: &Changes,
+    actor: &str,
+    clock: Clock,
+) -> anyhow::Result<Vec<String>> {
+    if changes.is_empty() {
+        return Err(UsageError(
+            "nothing to change: give --hard-copy-served, --user-notice, --deadline, --kind, --emergency or --note"
+                .into(),
+        )
+        .into());
+    }
+    let note = changes
+        .note
+        .as_deref()
+        .map(|n| crate::message::clean(n, 2000));
+    let tx = store.begin()?;
+    let ops = tx.ops();
+    let case = ops.case(reference)?.ok_or(Refused::NoSuchCase(reference))?;
+    let at = clock::stamp(clock.now());
+    let mut said = Vec::new();
+    for (field, to) in changes.fields(&case)? {
+        let from = case.value(field);
+        ops.set_field(case.id, field, &to, &at)?;
+        let mut data = json!({ "field": field.as_str(), "from": from, "to": to });
+        if let Some(n) = &note {
+            data["note"] = n.clone().into();
+        }
+        audit::append(&ops, &at, actor, Some(case.id), kind::FIELD_CHANGED, &data)?;
+        said.push(format!("{reference}: {} {from} → {to}", field.as_str()));
+    }
+    if said.is_empty() {
+        match &note {
+            Some(n) => {
+                audit::append(
+                    &ops,
+                    &at,
+                    actor,
+                    Some(case.id),
+                    kind::NOTE,
+                    &json!({ "note": n }),
+                )?;
+                said.push(format!("{reference}: note recorded"));
+            }
+            None => said.push(format!("{reference}: nothing changed")),
+        }
+    }
+    tx.commit()?;
+    Ok(said)
+}
+
+/// `cases set-status`: moves a case along; returns the line to print.
+pub fn set_status(
+    store: &mut Store,
+    reference: Reference,
+    to: Status,
+    note: Option<&str>,
+    actor: &str,
+    clock: Clock,
+) -> anyhow::Result<String> {
+    let note = note.map(|n| crate::message::clean(n, 2000));
+    let tx = store.begin()?;
+    let ops = tx.ops();
+    let case = ops.case(reference)?.ok_or(Refused::NoSuchCase(reference))?;
+    case.status
+        .check_move(to, note.as_deref())
+        .map_err(|reason| Refused::Move { reference, reason })?;
+    let at = clock::stamp(clock.now());
+    ops.set_status(case.id, to, &at)?;
+    let mut data = json!({ "from": case.status.as_str(), "to": to.as_str() });
+    if let Some(n) = &note {
+        data["note"] = n.clone().into();
+    }
+    audit::append(&ops, &at, actor, Some(case.id), kind::STATUS_CHANGED, &data)?;
+    tx.commit()?;
+    Ok(format!(
+        "{reference}: {} → {} (by {actor})",
+        case.status.as_str(),
+        to.as_str()
+    ))
+}
+
+/// `cases list`.
+pub fn list(
+    store: &Store,
+    status: Option<Status>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let cases = store.read().cases(status)?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &cases)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    for c in &cases {
+        writeln!(
+            out,
+            "{}  {:<19}  {}  {:<13}  {}{}  {}",
+            c.reference,
+            c.status.as_str(),
+            &c.opened_at[..10.min(c.opened_at.len())],
+            c.kind.as_str(),
+            c.agency.as_deref().unwrap_or("-"),
+            if c.emergency { "  EMERGENCY" } else { "" },
+            c.requester.as_deref().unwrap_or("-"),
+        )?;
+    }
+    if cases.is_empty() {
+        writeln!(out, "no cases")?;
+    }
+    Ok(())
+}
+
+/// Everything about one case (`cases show --json`, and `cases export`).
+#[derive(Debug, Serialize)]
+pub struct Dossier {
+    pub case: Case,
+    pub messages: Vec<ShownMessage>,
+    pub replies: Vec<ReplyRow>,
+    pub events: Vec<ShownEvent>,
+}
+
+/// A message with its verdict.
+#[derive(Debug, Serialize)]
+pub struct ShownMessage {
+    #[serde(flatten)]
+    pub message: MessageRow,
+    pub verdict: Option<ShownVerdict>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShownVerdict {
+    #[serde(flatten)]
+    pub verdict: VerdictRow,
+    /// The evidence as at receipt.
+    pub evidence: Value,
+}
+
+/// An event with its data parsed.
+#[derive(Debug, Serialize)]
+pub struct ShownEvent {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub kind: String,
+    pub data: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+impl From<EventRow> for ShownEvent {
+    fn from(e: EventRow) -> Self {
+        ShownEvent {
+            id: e.id,
+            at: e.at,
+            actor: e.actor,
+            kind: e.kind,
+            data: serde_json::from_str(&e.data).unwrap_or(Value::String(e.data)),
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        }
+    }
+}
+
+/// Reads one case with everything filed on it.
+pub fn dossier(store: &Store, reference: Reference, with_raw: bool) -> anyhow::Result<Dossier> {
+    let ops = store.read();
+    let case = ops.case(reference)?.ok_or(Refused::NoSuchCase(reference))?;
+    let mut verdicts = ops.verdicts_of(case.id)?;
+    let messages = ops
+        .messages_of(case.id, with_raw)?
+        .into_iter()
+        .map(|message| {
+            let verdict = verdicts
+                .iter()
+                .position(|v| v.message_id == message.id)
+                .map(|i| verdicts.swap_remove(i))
+                .map(|v| ShownVerdict {
+                    evidence: serde_json::from_str(&v.evidence_json).unwrap_or(Value::Null),
+                    verdict: v,
+                });
+            ShownMessage { message, verdict }
+        })
+        .collect();
+    Ok(Dossier {
+        replies: ops.replies_of(case.id)?,
+        events: ops
+            .events_of(case.id)?
+            .into_iter()
+            .map(ShownEvent::from)
+            .collect(),
+        messages,
+        case,
+    })
+}
+
+/// `cases show`.
+pub fn show(
+    store: &Store,
+    reference: Reference,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let d = dossier(store, reference, false)?;
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &d)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let c = &d.case;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
+    writeln!(out, "{}  {}", c.reference, c.status.as_str())?;
+    writeln!(out, "  agency:           {}", opt(&c.agency))?;
+    writeln!(
+        out,
+        "  requester:        {}{}",
+        opt(&c.requester),
+        if c.authenticated {
+            ""
+        } else {
+            " (not authenticated)"
+        }
+    )?;
+    writeln!(out, "  kind:             {}", c.kind.as_str())?;
+    writeln!(
+        out,
+        "  emergency:        {}",
+        if c.emergency {
+            "YES: confirm out of band before acting"
+        } else {
+            "no"
+        }
+    )?;
+    writeln!(
+        out,
+        "  hard copy served: {}",
+        c.hard_copy_served.as_deref().unwrap_or("not yet")
+    )?;
+    writeln!(
+        out,
+        "  user notice:      {}{}",
+        c.user_notice.describe(),
+        c.user_notice_until
+            .as_deref()
+            .map(|u| format!(" until {u}"))
+            .unwrap_or_default()
+    )?;
+    writeln!(out, "  deadline:         {}", opt(&c.deadline))?;
+    writeln!(out, "  opened:           {}", c.opened_at)?;
+
+    writeln!(out, "messages:")?;
+    for (i, m) in d.messages.iter().enumerate() {
+        let msg = &m.message;
+        writeln!(
+            out,
+            "  #{} {} {} bytes sha256={} {}",
+            i + 1,
+            msg.received_at,
+            msg.size,
+            msg.sha256,
+            msg.msgid.as_deref().unwrap_or("(no Message-ID)")
+        )?;
+        writeln!(
+            out,
+            "     from {} subject {:?}",
+            msg.sender.as_deref().unwrap_or("-"),
+            msg.subject.as_deref().unwrap_or("")
+        )?;
+        if let Some(v) = &m.verdict {
+            writeln!(
+                out,
+                "     decision={} reply={} reason={:?}",
+                v.verdict.decision,
+                if v.verdict.reply { "yes" } else { "no" },
+                v.verdict.reason
+            )?;
+            if let Some(why) = &v.verdict.reply_suppressed {
+                writeln!(out, "     no reply: {why}")?;
+            }
+            writeln!(out, "     evidence: {}", evidence_summary(&v.evidence))?;
+        }
+        writeln!(out, "     triage: {}", findings_summary(&msg.findings))?;
+    }
+    writeln!(out, "replies:")?;
+    if d.replies.is_empty() {
+        writeln!(out, "  none")?;
+    }
+    for r in &d.replies {
+        writeln!(
+            out,
+            "  {} to {} {} {} attempts={} queued {}",
+            r.kind, r.recipient, r.msgid, r.status, r.attempts, r.queued_at
+        )?;
+    }
+    writeln!(out, "events:")?;
+    for e in &d.events {
+        writeln!(out, "  {} {} {} {} {}", e.id, e.at, e.actor, e.kind, e.data)?;
+    }
+    Ok(())
+}
+
+/// One line about the evidence: each DKIM signature, SPF and DMARC.
+fn evidence_summary(e: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let dkim: Vec<String> = e["dkim"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    format!(
+                        "{}/{}={}",
+                        s(&c["domain"]),
+                        s(&c["selector"]),
+                        s(&c["result"])
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "dkim {}; spf {} {} {}; dmarc {}",
+        if dkim.is_empty() {
+            "none".to_string()
+        } else {
+            dkim.join(" ")
+        },
+        s(&e["spf"]["result"]),
+        s(&e["spf"]["domain"]),
+        s(&e["spf"]["ip"]),
+        s(&e["dmarc"]["result"]),
+    )
+}
+
+/// One line about the triage findings.
+fn findings_summary(f: &Value) -> String {
+    let list = |k: &str| {
+        f[k].as_array()
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                format!(
+                    " {k}={}",
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            })
+            .unwrap_or_default()
+    };
+    let mut s = format!(
+        "kind={}{}",
+        f["kind"].as_str().unwrap_or("other"),
+        if f["emergency"].as_bool() == Some(true) {
+            " EMERGENCY"
+        } else {
+            ""
+        }
+    );
+    for k in ["accounts", "emails", "ips", "timestamps", "attachments"] {
+        s.push_str(&list(k));
+    }
+    if let Some(g) = f["gag_order"].as_str() {
+        s.push_str(&format!(" gag-order={g:?}"));
+    }
+    if let Some(h) = f["no_logs_hint"].as_str() {
+        s.push_str(&format!(" hint: {h}"));
+    }
+    s
+}
+
+/// Opens the case log named by the configuration for a read or a change.
+pub fn open(path: &std::path::Path) -> anyhow::Result<Store> {
+    Store::open_existing(path).context("cannot open the case log")
+}

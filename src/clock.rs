@@ -1,0 +1,93 @@
+//! Time as the case log records it: RFC 3339 in UTC to the whole second
+//! (`2026-11-02T10:00:00Z`), and the clock that supplies it.
+//!
+//! Every stored time has the same fixed-width form, so SQLite can compare
+//! and sort them as text ("replies in the last 24 hours" is a string
+//! comparison on an index). The clock is a value passed down from `main`,
+//! never read from inside the pure core, so tests can pin it.
+
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime, UtcOffset};
+
+/// The one stored form of an instant.
+const STAMP: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
+/// The stored form of a calendar date.
+const DAY: &[BorrowedFormatItem<'static>] = format_description!("[year]-[month]-[day]");
+
+/// Where "now" comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Clock {
+    /// The system clock.
+    System,
+    /// A fixed instant (tests, replays).
+    Fixed(OffsetDateTime),
+}
+
+impl Clock {
+    /// The current instant in UTC, cut to the whole second.
+    pub fn now(&self) -> OffsetDateTime {
+        let t = match self {
+            Clock::System => OffsetDateTime::now_utc(),
+            Clock::Fixed(t) => *t,
+        };
+        t.to_offset(UtcOffset::UTC)
+            .replace_nanosecond(0)
+            .expect("zero nanoseconds is always valid")
+    }
+}
+
+/// Formats an instant in the stored form.
+pub fn stamp(t: OffsetDateTime) -> String {
+    t.to_offset(UtcOffset::UTC)
+        .format(STAMP)
+        .expect("a UTC instant in years 0..=9999 always formats")
+}
+
+/// Formats a calendar date in the stored form (`2026-11-02`).
+pub fn day(d: Date) -> String {
+    d.format(DAY).expect("a date always formats")
+}
+
+/// Parses an RFC 3339 instant (any offset, any precision).
+pub fn parse_instant(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// A date or instant given on the command line: `2026-11-02` stays a date,
+/// an RFC 3339 instant is kept to the second in UTC.
+pub fn parse_date_or_instant(s: &str) -> Option<String> {
+    let s = s.trim();
+    if let Ok(d) = Date::parse(s, DAY) {
+        return Some(day(d));
+    }
+    // The stored form has no fraction of a second: formatting drops it.
+    parse_instant(s).map(stamp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_are_fixed_width_utc() {
+        let t = parse_instant("2026-11-02T12:00:00.75+02:00").unwrap();
+        assert_eq!(stamp(Clock::Fixed(t).now()), "2026-11-02T10:00:00Z");
+    }
+
+    #[test]
+    fn command_line_dates() {
+        assert_eq!(
+            parse_date_or_instant("2026-12-01").as_deref(),
+            Some("2026-12-01")
+        );
+        assert_eq!(
+            parse_date_or_instant("2026-12-01T09:30:00+01:00").as_deref(),
+            Some("2026-12-01T08:30:00Z")
+        );
+        assert_eq!(parse_date_or_instant("2026-13-01"), None);
+        assert_eq!(parse_date_or_instant("tomorrow"), None);
+    }
+}

@@ -1,0 +1,207 @@
+//! The `ingest` command: file message files (or standard input) into the
+//! case log exactly as the daemon files what it fetches, replies queued.
+//!
+//! Messages are examined concurrently on the runtime's worker threads (DNS
+//! waits and RSA verification), then filed in order in batches — several
+//! messages per transaction, one fsync for all of them — on a blocking
+//! thread, so the database never stalls the runtime. The line for a
+//! message is printed only after the transaction holding it has
+//! committed. At most [`WINDOW`] messages (and about [`WINDOW_BYTES`]) are
+//! held in memory at once.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::judge::Judge;
+use crate::pipeline::{Filer, Filing, Outcome, Prepared};
+use crate::store::Store;
+use crate::triage::Triage;
+use crate::verify::read_input;
+
+/// Messages being examined at once.
+const WINDOW: usize = 256;
+
+/// Bytes of messages held at once, beyond which no new file is read (one
+/// message is always allowed, whatever its size).
+const WINDOW_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The most messages filed in one transaction.
+const BATCH: usize = 128;
+
+/// One `ingest --json` object.
+#[derive(Debug, Serialize)]
+pub struct Line {
+    pub file: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// Newly filed (not a duplicate, not deferred).
+    pub new: bool,
+}
+
+impl Line {
+    fn human(&self) -> String {
+        let o = &self.outcome;
+        let mut s = format!(
+            "{}: case={} decision={} new={} new_case={} reply={}",
+            self.file,
+            o.case.map_or_else(|| "-".to_string(), |c| c.to_string()),
+            o.decision,
+            yes(self.new),
+            yes(o.new_case),
+            o.reply.map_or("none", |k| k.as_str()),
+        );
+        match o.filing {
+            Filing::Duplicate => s.push_str(" (already filed)"),
+            Filing::Deferred => s.push_str(&format!(
+                " deferrals={} reason=\"{}\"",
+                o.deferrals.unwrap_or(0),
+                o.reason.replace('"', "'")
+            )),
+            Filing::New => {}
+        }
+        s
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// A file being read and examined.
+struct Pending {
+    name: String,
+    bytes: u64,
+    task: JoinHandle<anyhow::Result<Prepared>>,
+}
+
+/// Files every message and prints one line (or one JSON array) for them.
+/// A file that cannot be read or filed is reported on stderr and makes the
+/// result `false` (exit 1), after the others.
+pub async fn run(
+    config: &Config,
+    clock: Clock,
+    files: Vec<PathBuf>,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let judge = Judge::new(config)?;
+    let triage = Arc::new(Triage::new(&config.triage.account_patterns));
+    let filer = Arc::new(Filer::new(config));
+    let path = config.store.database.clone();
+    let mut store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
+
+    let mut files = files.into_iter();
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut held: u64 = 0;
+    let mut all_ok = true;
+    let mut lines = Vec::new();
+    let mut stdout = std::io::stdout().lock();
+
+    loop {
+        // Keep the examination window full.
+        while pending.len() < WINDOW && (pending.is_empty() || held < WINDOW_BYTES) {
+            let Some(path) = files.next() else { break };
+            let name = path.display().to_string();
+            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+            held += bytes;
+            let (judge, triage) = (judge.clone(), triage.clone());
+            let source = format!("ingest:{}", crate::message::clean(&name, 200));
+            let task = tokio::spawn(async move {
+                let raw = read_input(&path)?;
+                anyhow::Ok(Prepared::examine(&judge, &triage, source, raw).await)
+            });
+            pending.push_back(Pending { name, bytes, task });
+        }
+        let Some(first) = pending.pop_front() else {
+            break;
+        };
+
+        // A batch: the next message in order, and those after it that are
+        // already examined.
+        let mut batch = vec![first];
+        while batch.len() < BATCH && pending.front().is_some_and(|p| p.task.is_finished()) {
+            batch.extend(pending.pop_front());
+        }
+        let mut names = Vec::new();
+        let mut items = Vec::new();
+        for p in batch {
+            held -= p.bytes;
+            match p.task.await.context("examining a message failed")? {
+                Ok(item) => {
+                    names.push(p.name);
+                    items.push(item);
+                }
+                Err(e) => {
+                    all_ok = false;
+                    eprintln!("legal-intake: {e:#}");
+                }
+            }
+        }
+        if items.is_empty() {
+            continue;
+        }
+
+        let filer = filer.clone();
+        let (returned, outcomes) = tokio::task::spawn_blocking(move || {
+            let outcomes = filer.file_batch(&mut store, &items, clock);
+            (store, outcomes)
+        })
+        .await
+        .context("the filing thread failed")?;
+        store = returned;
+        // A failed commit loses the whole batch: stop rather than report
+        // later messages as filed around a hole.
+        let outcomes = outcomes?;
+
+        for (name, outcome) in names.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(outcome) => {
+                    log(&outcome);
+                    let line = Line {
+                        file: name,
+                        new: matches!(outcome.filing, Filing::New),
+                        outcome,
+                    };
+                    if json {
+                        lines.push(line);
+                    } else {
+                        writeln!(stdout, "{}", line.human())?;
+                    }
+                }
+                Err(e) => {
+                    all_ok = false;
+                    eprintln!("legal-intake: {name}: cannot be filed: {e:#}");
+                }
+            }
+        }
+        stdout.flush()?;
+    }
+
+    if json {
+        serde_json::to_writer_pretty(&mut stdout, &lines)?;
+        writeln!(stdout)?;
+    }
+    stdout.flush()?;
+    Ok(all_ok)
+}
+
+/// The INFO line of SPEC.md "Logs".
+fn log(o: &Outcome) {
+    tracing::info!(
+        uid = "-",
+        case = %o.case.map_or_else(|| "-".to_string(), |c| c.to_string()),
+        from = %o.from.as_deref().unwrap_or("-"),
+        decision = %o.decision,
+        reply = %o.reply.map_or("none", |k| k.as_str()),
+        filing = ?o.filing,
+        reason = ?o.reason,
+        "message"
+    );
+}

@@ -1,0 +1,481 @@
+//! The one place that orders side effects: a judged message is filed.
+//!
+//! [`Prepared::examine`] does everything that needs no database — parse,
+//! authenticate (DNS), triage — so no network wait ever happens inside a
+//! write transaction. [`Filer::file`] then runs, inside one `BEGIN
+//! IMMEDIATE` transaction, the fixed sequence:
+//!
+//! 1. bytes already filed? → recognised, filed nowhere twice;
+//! 2. history from the log (earlier deferrals of these bytes, replies to
+//!    this sender in 24 h) → a provisional decision (pure), which fixes
+//!    the decision, the agency and the kind of reply; `defer` stops here
+//!    with the deferral counted;
+//! 3. threading: the case named by the message's own Message-ID, its
+//!    `In-Reply-To`/`References` (our replies' Message-IDs included), or
+//!    an `[LR-YYYY-NNNN]` in the subject of an authenticated message from
+//!    the same agency;
+//! 4. the last piece of history (a reply of the same kind for that case
+//!    within 7 days) → the final decision (pure);
+//! 5. the case opened (next gap-free reference of the year) or updated —
+//!    first, because the message row refers to it;
+//! 6. the message with its bytes and triage findings, and the verdict with
+//!    its evidence as at receipt;
+//! 7. the reply the decision calls for, queued;
+//! 8. the audit events for all of the above;
+//!
+//! and the caller commits. [`Filer::file_batch`] files several messages in
+//! one transaction (one fsync for all), each in its own savepoint, and
+//! returns only after the commit: nothing is acknowledged before it is
+//! durable.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::audit::{self, SYSTEM_ACTOR, kind, sha256_hex};
+use crate::authenticate::Evidence;
+use crate::case::{Case, Field, Reference, ReplyKind, Status, UserNotice, references_in};
+use crate::clock::{Clock, stamp};
+use crate::config::Config;
+use crate::decide::{self, Decision, History, Policy, Verdict};
+use crate::domain::normalize_domain;
+use crate::judge::Judge;
+use crate::message::Inbound;
+use crate::store::{NewCase, NewMessage, NewReply, NewVerdict, Ops, Store};
+use crate::triage::{Findings, RequestKind, Triage};
+
+/// A message with all the work done that needs no database.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Where the message came from (`ingest:request.eml`, an IMAP UID).
+    pub source: String,
+    pub raw: Vec<u8>,
+    pub inbound: Inbound,
+    pub evidence: Evidence,
+    pub findings: Findings,
+}
+
+impl Prepared {
+    /// Parses, authenticates and triages a message.
+    pub async fn examine(judge: &Judge, triage: &Triage, source: String, raw: Vec<u8>) -> Prepared {
+        let (inbound, evidence) = judge.examine(&raw).await;
+        // A message too large to judge is not read for triage either.
+        let findings = if inbound.anomalies.is_empty() {
+            triage.read(&raw, inbound.subject.as_deref())
+        } else {
+            triage.findings(inbound.subject.as_deref().unwrap_or(""), "", &[])
+        };
+        Prepared {
+            source,
+            raw,
+            inbound,
+            evidence,
+            findings,
+        }
+    }
+}
+
+/// What happened to one message.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filing {
+    /// Filed now.
+    New,
+    /// These bytes were filed before; nothing was written.
+    Duplicate,
+    /// Not filed: to be judged again later.
+    Deferred,
+}
+
+/// The result of filing one message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub sha256: String,
+    /// The case the message is filed on (`None` when deferred).
+    pub case: Option<Reference>,
+    pub decision: String,
+    pub filing: Filing,
+    /// Whether filing it opened the case.
+    pub new_case: bool,
+    /// The reply queued for it.
+    pub reply: Option<ReplyKind>,
+    pub reason: String,
+    /// The From address as the message gave it, when well formed.
+    pub from: Option<String>,
+    /// How many times these bytes have now been deferred.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferrals: Option<u32>,
+}
+
+/// Files judged messages into the case log.
+#[derive(Debug, Clone)]
+pub struct Filer {
+    pub policy: Policy,
+    /// The domain of our replies' Message-IDs (that of `smtp.from`).
+    pub reply_domain: String,
+}
+
+impl Filer {
+    pub fn new(config: &Config) -> Filer {
+        let reply_domain = config
+            .smtp
+            .as_ref()
+            .and_then(|s| crate::message::parse_address_header(&s.from))
+            .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_string()))
+            .or_else(|| config.dkim_signing.as_ref().map(|d| d.domain.clone()))
+            .unwrap_or_else(|| "legal-intake.invalid".to_string());
+        Filer {
+            policy: Policy::from_config(config),
+            reply_domain,
+        }
+    }
+
+    /// Files several messages in one transaction, each in a savepoint of
+    /// its own so that one failure loses only that message. Returns after
+    /// the commit; an error means nothing of the batch was filed.
+    pub fn file_batch(
+        &self,
+        store: &mut Store,
+        items: &[Prepared],
+        clock: Clock,
+    ) -> anyhow::Result<Vec<anyhow::Result<Outcome>>> {
+        let mut tx = store.begin()?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        for p in items {
+            let unit = tx.unit()?;
+            match self.file(&unit.ops(), p, clock.now()) {
+                Ok(o) => {
+                    unit.commit()?;
+                    outcomes.push(Ok(o));
+                }
+                // Dropping the savepoint rolls this message back alone.
+                Err(e) => outcomes.push(Err(e)),
+            }
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Files one message: the order of side effects (module docs). Runs
+    /// inside the caller's write transaction.
+    pub fn file(
+        &self,
+        ops: &Ops<'_>,
+        p: &Prepared,
+        now: OffsetDateTime,
+    ) -> anyhow::Result<Outcome> {
+        let inbound = &p.inbound;
+        let at = stamp(now);
+        let sender = inbound.from_address();
+
+        // 1. The same bytes are one message, however often they arrive.
+        if let Some(f) = ops.filed(&inbound.sha256)? {
+            return Ok(Outcome {
+                sha256: inbound.sha256.clone(),
+                case: Some(f.case),
+                decision: f.decision,
+                filing: Filing::Duplicate,
+                new_case: false,
+                reply: None,
+                reason: format!("already filed as message {}", f.message_id),
+                from: sender.map(str::to_string),
+                deferrals: None,
+            });
+        }
+
+        // 2. History that needs no case, and the provisional decision.
+        let mut history = History {
+            previous_defers: ops.deferrals(&inbound.sha256)?,
+            replies_to_sender_today: match sender {
+                Some(s) => ops.replies_to_since(s, &stamp(now - time::Duration::hours(24)))?,
+                None => 0,
+            },
+            replied_to_case_recently: false,
+        };
+        let provisional = decide::decide(inbound, &p.evidence, &self.policy, &history);
+        if provisional.decision == Decision::Defer {
+            let tries = ops.record_deferral(&inbound.sha256, &at, &provisional.reason)?;
+            return Ok(Outcome {
+                sha256: inbound.sha256.clone(),
+                case: None,
+                decision: Decision::Defer.as_str().to_string(),
+                filing: Filing::Deferred,
+                new_case: false,
+                reply: None,
+                reason: provisional.reason,
+                from: sender.map(str::to_string),
+                deferrals: Some(tries),
+            });
+        }
+
+        // 3. Threading.
+        let thread = self.thread(ops, inbound, &provisional)?;
+
+        // 4. The rest of the history, and the decision.
+        let reply_kind = ReplyKind::for_decision(provisional.decision);
+        if let (Some((case, _)), Some(kind)) = (&thread, reply_kind) {
+            history.replied_to_case_recently =
+                ops.replied_to_case_since(case.id, kind, &stamp(now - time::Duration::days(7)))?;
+        }
+        let verdict = decide::decide(inbound, &p.evidence, &self.policy, &history);
+        let authenticated = matches!(verdict.decision, Decision::Acknowledge | Decision::Reject);
+        let mut events: Vec<(&'static str, Value)> = Vec::new();
+
+        // 5. The case.
+        let (case, joined) = match thread {
+            Some((case, joined)) => {
+                ops.touch_case(case.id, &at)?;
+                (case, Some(joined))
+            }
+            None => {
+                let reference = ops.next_reference(now.year())?;
+                let id = ops.insert_case(&NewCase {
+                    reference,
+                    status: Status::opening(verdict.decision),
+                    agency: verdict.agency.as_deref(),
+                    requester: sender,
+                    authenticated,
+                    kind: p.findings.kind,
+                    emergency: p.findings.emergency,
+                    user_notice: if p.findings.gag_order.is_some() {
+                        UserNotice::ProhibitedUnconfirmed
+                    } else {
+                        UserNotice::Unknown
+                    },
+                    now: &at,
+                })?;
+                let case = ops.case_by_id(id)?.ok_or_else(|| {
+                    anyhow::anyhow!("case {reference} vanished while being opened")
+                })?;
+                events.push((
+                    kind::CASE_OPENED,
+                    json!({ "reference": reference, "fields": case.audited() }),
+                ));
+                (case, None)
+            }
+        };
+
+        // 6. The message and its verdict.
+        let findings_json = serde_json::to_string(&p.findings)?;
+        let evidence_json = serde_json::to_string(&p.evidence)?;
+        let message_id = ops.insert_message(&NewMessage {
+            case_id: case.id,
+            sha256: &inbound.sha256,
+            raw: &p.raw,
+            msgid: inbound.message_id.as_deref(),
+            subject: inbound.subject.as_deref(),
+            sender,
+            source: &p.source,
+            received_at: &at,
+            findings: &findings_json,
+        })?;
+        events.push((
+            kind::MESSAGE_FILED,
+            json!({
+                "message": message_id,
+                "sha256": inbound.sha256,
+                "size": p.raw.len(),
+                "msgid": inbound.message_id,
+                "subject": inbound.subject,
+                "from": sender,
+                "source": p.source,
+                "joined": joined,
+                "findings_sha256": sha256_hex(findings_json.as_bytes()),
+            }),
+        ));
+        ops.insert_verdict(&NewVerdict {
+            message_id,
+            decided_at: &at,
+            decision: verdict.decision.as_str(),
+            reason: &verdict.reason,
+            agency: verdict.agency.as_deref(),
+            reply: verdict.reply,
+            reply_suppressed: verdict.reply_suppressed.as_deref(),
+            evidence: &evidence_json,
+        })?;
+        events.push((
+            kind::VERDICT,
+            verdict_event(message_id, &verdict, &p.evidence, &evidence_json),
+        ));
+
+        // A later authenticated message can add what the first one did not
+        // say; an unauthenticated one never changes a case.
+        if joined.is_some() && authenticated {
+            for (field, to) in triage_changes(&case, &p.findings) {
+                ops.set_field(case.id, field, &to, &at)?;
+                events.push((
+                    kind::FIELD_CHANGED,
+                    json!({
+                        "field": field.as_str(),
+                        "from": case.value(field),
+                        "to": to,
+                        "note": format!("read in message {message_id}"),
+                    }),
+                ));
+            }
+        }
+
+        // 7. The reply.
+        let mut queued = None;
+        if let (true, Some(kind), Some(recipient)) = (verdict.reply, reply_kind, sender) {
+            let msgid = self.reply_msgid(case.reference, &inbound.sha256, kind);
+            let outbox = ops.queue_reply(&NewReply {
+                case_id: case.id,
+                message_id,
+                kind,
+                recipient,
+                msgid: &msgid,
+                in_reply_to: inbound.message_id.as_deref(),
+                subject: inbound.subject.as_deref(),
+                now: &at,
+            })?;
+            events.push((
+                kind::REPLY_QUEUED,
+                json!({
+                    "outbox": outbox,
+                    "message": message_id,
+                    "kind": kind,
+                    "recipient": recipient,
+                    "msgid": msgid,
+                    "in_reply_to": inbound.message_id,
+                }),
+            ));
+            queued = Some(kind);
+        }
+
+        // 8. The audit events.
+        for (kind, data) in &events {
+            audit::append(ops, &at, SYSTEM_ACTOR, Some(case.id), kind, data)?;
+        }
+
+        Ok(Outcome {
+            sha256: inbound.sha256.clone(),
+            case: Some(case.reference),
+            decision: verdict.decision.as_str().to_string(),
+            filing: Filing::New,
+            new_case: joined.is_none(),
+            reply: queued,
+            reason: verdict.reason,
+            from: sender.map(str::to_string),
+            deferrals: None,
+        })
+    }
+
+    /// The existing case a message belongs to, and how it was found.
+    fn thread(
+        &self,
+        ops: &Ops<'_>,
+        inbound: &Inbound,
+        provisional: &Verdict,
+    ) -> anyhow::Result<Option<(Case, Value)>> {
+        // A copy of a filed message with other bytes (another Received
+        // line, a redelivery) goes where the first copy went.
+        if let Some(id) = &inbound.message_id
+            && let Some(case) = ops.case_by_msgid(id)?
+        {
+            return Ok(Some((case, json!({ "by": "message_id", "id": id }))));
+        }
+        for id in &inbound.thread_ids {
+            if let Some(case) = ops.case_by_msgid(id)? {
+                return Ok(Some((case, json!({ "by": "references", "id": id }))));
+            }
+        }
+        // Anyone can type a reference into a subject: it counts only for
+        // an authenticated sender of the case's own agency.
+        let authenticated = matches!(
+            provisional.decision,
+            Decision::Acknowledge | Decision::Reject
+        );
+        if authenticated && let Some(subject) = &inbound.subject {
+            for reference in references_in(subject) {
+                if let Some(case) = ops.case(reference)?
+                    && same_agency(&case, provisional, inbound)
+                {
+                    return Ok(Some((
+                        case,
+                        json!({ "by": "subject", "reference": reference }),
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A new Message-ID for a reply: unique because the request's bytes
+    /// are filed once, fresh because it mixes in the time and process.
+    fn reply_msgid(&self, reference: Reference, request_sha256: &str, kind: ReplyKind) -> String {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut h = Sha256::new();
+        h.update(request_sha256.as_bytes());
+        h.update(kind.as_str().as_bytes());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        h.update(nanos.to_le_bytes());
+        h.update(std::process::id().to_le_bytes());
+        h.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        let tag = &hex::encode(h.finalize())[..24];
+        format!("<{reference}.{tag}@{}>", self.reply_domain)
+    }
+}
+
+/// "From the same agency": the same allowlisted agency, or — for senders
+/// that are on no allowlist — the same organizational domain as the
+/// authenticated requester who opened the case.
+fn same_agency(case: &Case, provisional: &Verdict, inbound: &Inbound) -> bool {
+    match (&case.agency, &provisional.agency) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => {
+            let org = |addr: &str| {
+                addr.rsplit_once('@')
+                    .and_then(|(_, d)| normalize_domain(d))
+                    .map(|d| d.organizational().to_string())
+            };
+            case.authenticated
+                && case.requester.as_deref().and_then(org).is_some()
+                && case.requester.as_deref().and_then(org) == inbound.from_address().and_then(org)
+        }
+        _ => false,
+    }
+}
+
+/// What a later message's triage adds to a case: the emergency flag, a
+/// kind where there was none, a gag order where notice was undetermined.
+fn triage_changes(case: &Case, f: &Findings) -> Vec<(Field, Value)> {
+    let mut changes = Vec::new();
+    if f.emergency && !case.emergency {
+        changes.push((Field::Emergency, Value::Bool(true)));
+    }
+    if case.kind == RequestKind::Other && f.kind != RequestKind::Other {
+        changes.push((Field::Kind, f.kind.as_str().into()));
+    }
+    if f.gag_order.is_some() && case.user_notice == UserNotice::Unknown {
+        changes.push((
+            Field::UserNotice,
+            UserNotice::ProhibitedUnconfirmed.as_str().into(),
+        ));
+    }
+    changes
+}
+
+/// The verdict event: the decision and a digest of the evidence it rested
+/// on (the evidence itself is in the verdict row, hashed here).
+fn verdict_event(message_id: i64, v: &Verdict, evidence: &Evidence, evidence_json: &str) -> Value {
+    json!({
+        "message": message_id,
+        "decision": v.decision.as_str(),
+        "reason": v.reason,
+        "reply": v.reply,
+        "reply_suppressed": v.reply_suppressed,
+        "agency": v.agency,
+        "dkim": evidence.dkim.iter().map(|c| json!({
+            "domain": c.domain, "selector": c.selector, "result": c.result,
+        })).collect::<Vec<_>>(),
+        "spf": evidence.spf.result,
+        "dmarc": evidence.dmarc.result,
+        "evidence_sha256": sha256_hex(evidence_json.as_bytes()),
+    })
+}

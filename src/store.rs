@@ -1,0 +1,1048 @@
+//! Edge: the SQLite case log — every SQL statement of the program.
+//!
+//! One file (`store.database`) in WAL mode with `synchronous=FULL`, foreign
+//! keys on and a busy timeout, so several processes (the daemon, `ingest`
+//! from an MTA pipe, a person running `cases set-status`) can share it:
+//! every write is one `BEGIN IMMEDIATE` transaction, which takes the write
+//! lock up front and so never fails half-way on a lock upgrade. The schema
+//! is versioned with `PRAGMA user_version` and migrated forward on open; a
+//! database from a newer binary is refused rather than misread.
+//!
+//! Writers get a [`Tx`] (one transaction, possibly many messages) and,
+//! inside it, [`Unit`]s (savepoints), so one message that cannot be filed
+//! rolls back alone without losing the batch. Both hand out [`Ops`], the
+//! small statements the pipeline orders. Raw messages, verdicts and audit
+//! events are append-only: triggers refuse UPDATE and DELETE, and the
+//! audit chain (see `audit`) proves it even if the triggers are dropped.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::case::{Case, Field, Reference, ReplyKind, Status, UserNotice};
+use crate::triage::RequestKind;
+
+/// How long a statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The hash that precedes the first event.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Schema migrations; `MIGRATIONS[i]` takes `user_version` from `i` to
+/// `i + 1`. Append only: a released migration is never edited.
+const MIGRATIONS: &[&str] = &[V1];
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+const V1: &str = r#"
+CREATE TABLE cases (
+    id INTEGER PRIMARY KEY,
+    reference TEXT NOT NULL UNIQUE,
+    year INTEGER NOT NULL,
+    number INTEGER NOT NULL CHECK (number > 0),
+    status TEXT NOT NULL CHECK (status IN ('received', 'under_review', 'responded',
+        'challenged', 'rejected', 'closed', 'quarantined', 'out_of_jurisdiction')),
+    agency TEXT,
+    requester TEXT,
+    authenticated INTEGER NOT NULL CHECK (authenticated IN (0, 1)),
+    kind TEXT NOT NULL CHECK (kind IN ('subpoena', 'search_warrant', 'court_order',
+        'preservation', 'emergency', 'other')),
+    emergency INTEGER NOT NULL CHECK (emergency IN (0, 1)),
+    hard_copy_served TEXT,
+    user_notice TEXT NOT NULL CHECK (user_notice IN ('unknown', 'permitted', 'prohibited',
+        'prohibited_unconfirmed')),
+    user_notice_until TEXT,
+    deadline TEXT,
+    opened_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    UNIQUE (year, number)
+) STRICT;
+
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY,
+    case_id INTEGER NOT NULL REFERENCES cases (id),
+    sha256 TEXT NOT NULL UNIQUE,
+    raw BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    msgid TEXT,
+    subject TEXT,
+    sender TEXT,
+    source TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    findings TEXT NOT NULL
+) STRICT;
+CREATE INDEX messages_case ON messages (case_id);
+CREATE INDEX messages_msgid ON messages (msgid);
+
+CREATE TABLE verdicts (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL UNIQUE REFERENCES messages (id),
+    decided_at TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('acknowledge', 'reject', 'quarantine')),
+    reason TEXT NOT NULL,
+    agency TEXT,
+    reply INTEGER NOT NULL CHECK (reply IN (0, 1)),
+    reply_suppressed TEXT,
+    evidence TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY,
+    case_id INTEGER NOT NULL REFERENCES cases (id),
+    message_id INTEGER NOT NULL REFERENCES messages (id),
+    kind TEXT NOT NULL CHECK (kind IN ('acknowledgement', 'rejection')),
+    recipient TEXT NOT NULL,
+    msgid TEXT NOT NULL UNIQUE,
+    in_reply_to TEXT,
+    subject TEXT,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'sent', 'failed')),
+    attempts INTEGER NOT NULL,
+    next_attempt_at TEXT NOT NULL,
+    queued_at TEXT NOT NULL,
+    sent_at TEXT,
+    last_error TEXT
+) STRICT;
+CREATE INDEX outbox_recipient ON outbox (recipient COLLATE NOCASE, queued_at);
+CREATE INDEX outbox_case ON outbox (case_id, kind, queued_at);
+CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+
+CREATE TABLE deferrals (
+    sha256 TEXT PRIMARY KEY,
+    tries INTEGER NOT NULL,
+    first_at TEXT NOT NULL,
+    last_at TEXT NOT NULL,
+    last_reason TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    case_id INTEGER REFERENCES cases (id),
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE
+) STRICT;
+CREATE INDEX events_case ON events (case_id);
+
+CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'audit events are append-only'); END;
+CREATE TRIGGER messages_no_update BEFORE UPDATE ON messages
+BEGIN SELECT RAISE(ABORT, 'filed messages are append-only'); END;
+CREATE TRIGGER messages_no_delete BEFORE DELETE ON messages
+BEGIN SELECT RAISE(ABORT, 'filed messages are append-only'); END;
+CREATE TRIGGER verdicts_no_update BEFORE UPDATE ON verdicts
+BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
+CREATE TRIGGER verdicts_no_delete BEFORE DELETE ON verdicts
+BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
+"#;
+
+/// Failures a caller may want to tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "{path}: the case log has schema version {found}, newer than this binary's {supported}; run a newer legal-intake"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("{0}: no case log there (nothing has been filed yet, or store.database is wrong)")]
+    Missing(PathBuf),
+}
+
+/// The case log.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens the case log, creating and migrating it as needed.
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        Self::open_with(path, true)
+    }
+
+    /// Opens an existing case log (read commands: nothing to create).
+    pub fn open_existing(path: &Path) -> anyhow::Result<Store> {
+        Self::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, create: bool) -> anyhow::Result<Store> {
+        if !create && !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()).into());
+        }
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags)
+            .with_context(|| format!("cannot open the case log {}", path.display()))?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store
+            .configure()
+            .with_context(|| format!("cannot set up the case log {}", path.display()))?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn configure(&self) -> rusqlite::Result<()> {
+        self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Switching to WAL needs a moment of exclusive access; when several
+        // processes open a new file at once, the losers retry.
+        let mut tries = 0;
+        loop {
+            match self
+                .conn
+                .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+            {
+                Ok(_) => break,
+                Err(e) if is_busy(&e) && tries < 200 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(())
+    }
+
+    fn migrate(&mut self) -> anyhow::Result<()> {
+        let found = self.user_version()?;
+        if found == SCHEMA_VERSION {
+            return self.check_not_newer(found);
+        }
+        self.check_not_newer(found)?;
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have migrated while this one waited.
+        let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path,
+                found,
+                supported: SCHEMA_VERSION,
+            }
+            .into());
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            tx.execute_batch(sql)
+                .with_context(|| format!("schema migration {} failed", i + 1))?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()
+            .with_context(|| format!("cannot migrate the case log {}", path.display()))?;
+        Ok(())
+    }
+
+    fn user_version(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    fn check_not_newer(&self, found: i64) -> anyhow::Result<()> {
+        if found > SCHEMA_VERSION {
+            return Err(self.too_new(found).into());
+        }
+        Ok(())
+    }
+
+    fn too_new(&self, found: i64) -> StoreError {
+        StoreError::TooNew {
+            path: self.path.clone(),
+            found,
+            supported: SCHEMA_VERSION,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE`: the write lock is
+    /// taken now, waiting up to the busy timeout for other writers).
+    pub fn begin(&mut self) -> anyhow::Result<Tx<'_>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .context("cannot start a write transaction on the case log")?;
+        Ok(Tx { tx })
+    }
+
+    /// Statements that read, outside any write transaction.
+    pub fn read(&self) -> Ops<'_> {
+        Ops { c: &self.conn }
+    }
+
+    /// The hash of the latest audit event (the chain head), `None` while
+    /// the log is empty.
+    pub fn head(&self) -> anyhow::Result<Option<String>> {
+        self.read().head()
+    }
+}
+
+/// One write transaction.
+pub struct Tx<'s> {
+    tx: rusqlite::Transaction<'s>,
+}
+
+impl Tx<'_> {
+    pub fn ops(&self) -> Ops<'_> {
+        Ops { c: &self.tx }
+    }
+
+    /// A unit of work inside the transaction that is rolled back alone
+    /// when dropped without [`Unit::commit`].
+    pub fn unit(&mut self) -> anyhow::Result<Unit<'_>> {
+        Ok(Unit {
+            sp: self.tx.savepoint()?,
+        })
+    }
+
+    /// Commits; nothing written is visible or durable before this returns.
+    pub fn commit(self) -> anyhow::Result<()> {
+        self.tx.commit().context("cannot commit to the case log")
+    }
+}
+
+/// A savepoint inside a [`Tx`].
+pub struct Unit<'t> {
+    sp: rusqlite::Savepoint<'t>,
+}
+
+impl Unit<'_> {
+    pub fn ops(&self) -> Ops<'_> {
+        Ops { c: &self.sp }
+    }
+
+    pub fn commit(self) -> anyhow::Result<()> {
+        Ok(self.sp.commit()?)
+    }
+}
+
+/// A message already in the log.
+#[derive(Debug, Clone)]
+pub struct Filed {
+    pub message_id: i64,
+    pub case: Reference,
+    pub decision: String,
+}
+
+/// A case opened by the pipeline.
+#[derive(Debug, Clone)]
+pub struct NewCase<'a> {
+    pub reference: Reference,
+    pub status: Status,
+    pub agency: Option<&'a str>,
+    pub requester: Option<&'a str>,
+    pub authenticated: bool,
+    pub kind: RequestKind,
+    pub emergency: bool,
+    pub user_notice: UserNotice,
+    pub now: &'a str,
+}
+
+/// A message to file.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    pub case_id: i64,
+    pub sha256: &'a str,
+    pub raw: &'a [u8],
+    pub msgid: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub sender: Option<&'a str>,
+    pub source: &'a str,
+    pub received_at: &'a str,
+    pub findings: &'a str,
+}
+
+/// A verdict to record with its evidence (JSON).
+#[derive(Debug, Clone)]
+pub struct NewVerdict<'a> {
+    pub message_id: i64,
+    pub decided_at: &'a str,
+    pub decision: &'a str,
+    pub reason: &'a str,
+    pub agency: Option<&'a str>,
+    pub reply: bool,
+    pub reply_suppressed: Option<&'a str>,
+    pub evidence: &'a str,
+}
+
+/// A reply to queue: what a renderer needs, nothing rendered.
+#[derive(Debug, Clone)]
+pub struct NewReply<'a> {
+    pub case_id: i64,
+    pub message_id: i64,
+    pub kind: ReplyKind,
+    pub recipient: &'a str,
+    pub msgid: &'a str,
+    pub in_reply_to: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub now: &'a str,
+}
+
+/// A stored message (the raw bytes only when asked for).
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageRow {
+    pub id: i64,
+    #[serde(skip)]
+    pub case_id: i64,
+    pub sha256: String,
+    pub size: i64,
+    pub msgid: Option<String>,
+    pub subject: Option<String>,
+    pub sender: Option<String>,
+    pub source: String,
+    pub received_at: String,
+    /// Triage findings.
+    pub findings: serde_json::Value,
+    /// The findings as stored (JSON text, hashed by the audit chain).
+    #[serde(skip)]
+    pub findings_json: String,
+    #[serde(skip)]
+    pub raw: Option<Vec<u8>>,
+}
+
+/// A stored verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerdictRow {
+    pub id: i64,
+    pub message_id: i64,
+    pub decided_at: String,
+    pub decision: String,
+    pub reason: String,
+    pub agency: Option<String>,
+    pub reply: bool,
+    pub reply_suppressed: Option<String>,
+    /// The evidence as stored (JSON text, hashed by the audit chain).
+    #[serde(skip)]
+    pub evidence_json: String,
+}
+
+/// A queued reply.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplyRow {
+    pub id: i64,
+    #[serde(skip)]
+    pub case_id: i64,
+    pub message_id: i64,
+    pub kind: String,
+    pub recipient: String,
+    pub msgid: String,
+    pub in_reply_to: Option<String>,
+    pub subject: Option<String>,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: String,
+    pub queued_at: String,
+    pub sent_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// A stored audit event.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: String,
+    pub actor: String,
+    pub case_id: Option<i64>,
+    pub kind: String,
+    /// The data exactly as hashed (JSON text).
+    pub data: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// Statements on a connection, a transaction or a savepoint.
+#[derive(Clone, Copy)]
+pub struct Ops<'c> {
+    c: &'c Connection,
+}
+
+const CASE_COLUMNS: &str = "id, reference, status, agency, requester, authenticated, kind, emergency, \
+     hard_copy_served, user_notice, user_notice_until, deadline, opened_at, updated_at";
+
+fn case_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Case> {
+    let text = |i: usize| -> rusqlite::Result<String> { r.get(i) };
+    let bad = |i: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("not a {what}").into(),
+        )
+    };
+    Ok(Case {
+        id: r.get(0)?,
+        reference: text(1)?.parse().map_err(|_| bad(1, "reference"))?,
+        status: text(2)?.parse().map_err(|_| bad(2, "status"))?,
+        agency: r.get(3)?,
+        requester: r.get(4)?,
+        authenticated: r.get(5)?,
+        kind: RequestKind::parse(&text(6)?).ok_or_else(|| bad(6, "request kind"))?,
+        emergency: r.get(7)?,
+        hard_copy_served: r.get(8)?,
+        user_notice: text(9)?.parse().map_err(|_| bad(9, "user notice"))?,
+        user_notice_until: r.get(10)?,
+        deadline: r.get(11)?,
+        opened_at: r.get(12)?,
+        updated_at: r.get(13)?,
+    })
+}
+
+const MESSAGE_COLUMNS: &str =
+    "id, case_id, sha256, size, msgid, subject, sender, source, received_at, findings";
+
+fn message_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageRow> {
+    let findings: String = r.get(9)?;
+    Ok(MessageRow {
+        id: r.get(0)?,
+        case_id: r.get(1)?,
+        sha256: r.get(2)?,
+        size: r.get(3)?,
+        msgid: r.get(4)?,
+        subject: r.get(5)?,
+        sender: r.get(6)?,
+        source: r.get(7)?,
+        received_at: r.get(8)?,
+        findings: serde_json::from_str(&findings).unwrap_or(serde_json::Value::Null),
+        findings_json: findings,
+        raw: None,
+    })
+}
+
+const VERDICT_COLUMNS: &str = "v.id, v.message_id, v.decided_at, v.decision, v.reason, v.agency, v.reply, v.reply_suppressed, v.evidence";
+
+fn verdict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VerdictRow> {
+    Ok(VerdictRow {
+        id: r.get(0)?,
+        message_id: r.get(1)?,
+        decided_at: r.get(2)?,
+        decision: r.get(3)?,
+        reason: r.get(4)?,
+        agency: r.get(5)?,
+        reply: r.get(6)?,
+        reply_suppressed: r.get(7)?,
+        evidence_json: r.get(8)?,
+    })
+}
+
+const REPLY_COLUMNS: &str = "id, case_id, message_id, kind, recipient, msgid, in_reply_to, subject, \
+     status, attempts, next_attempt_at, queued_at, sent_at, last_error";
+
+fn reply_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReplyRow> {
+    Ok(ReplyRow {
+        id: r.get(0)?,
+        case_id: r.get(1)?,
+        message_id: r.get(2)?,
+        kind: r.get(3)?,
+        recipient: r.get(4)?,
+        msgid: r.get(5)?,
+        in_reply_to: r.get(6)?,
+        subject: r.get(7)?,
+        status: r.get(8)?,
+        attempts: r.get(9)?,
+        next_attempt_at: r.get(10)?,
+        queued_at: r.get(11)?,
+        sent_at: r.get(12)?,
+        last_error: r.get(13)?,
+    })
+}
+
+const EVENT_COLUMNS: &str = "id, at, actor, case_id, kind, data, prev_hash, hash";
+
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        case_id: r.get(3)?,
+        kind: r.get(4)?,
+        data: r.get(5)?,
+        prev_hash: r.get(6)?,
+        hash: r.get(7)?,
+    })
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+impl Ops<'_> {
+    // ---- Filing ------------------------------------------------------------
+
+    /// The filing of a message with these bytes, if there is one.
+    pub fn filed(&self, sha256: &str) -> anyhow::Result<Option<Filed>> {
+        Ok(self
+            .c
+            .prepare_cached(
+                "SELECT m.id, c.reference, v.decision FROM messages m \
+                 JOIN cases c ON c.id = m.case_id \
+                 LEFT JOIN verdicts v ON v.message_id = m.id WHERE m.sha256 = ?1",
+            )?
+            .query_row([sha256], |r| {
+                let reference: String = r.get(1)?;
+                Ok((r.get(0)?, reference, r.get::<_, Option<String>>(2)?))
+            })
+            .optional()?
+            .map(|(message_id, reference, decision)| Filed {
+                message_id,
+                case: reference
+                    .parse()
+                    .unwrap_or(Reference { year: 0, number: 0 }),
+                decision: decision.unwrap_or_default(),
+            }))
+    }
+
+    /// How many times the message with these bytes was deferred.
+    pub fn deferrals(&self, sha256: &str) -> anyhow::Result<u32> {
+        Ok(self
+            .c
+            .prepare_cached("SELECT tries FROM deferrals WHERE sha256 = ?1")?
+            .query_row([sha256], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Counts one more deferral; returns the new count.
+    pub fn record_deferral(&self, sha256: &str, now: &str, reason: &str) -> anyhow::Result<u32> {
+        Ok(self
+            .c
+            .prepare_cached(
+                "INSERT INTO deferrals (sha256, tries, first_at, last_at, last_reason) \
+                 VALUES (?1, 1, ?2, ?2, ?3) \
+                 ON CONFLICT (sha256) DO UPDATE SET tries = tries + 1, last_at = ?2, last_reason = ?3 \
+                 RETURNING tries",
+            )?
+            .query_row(params![sha256, now, reason], |r| r.get(0))?)
+    }
+
+    /// Replies queued to this address since `since` (any case, any kind).
+    pub fn replies_to_since(&self, recipient: &str, since: &str) -> anyhow::Result<u32> {
+        Ok(self
+            .c
+            .prepare_cached(
+                "SELECT count(*) FROM outbox WHERE recipient = ?1 COLLATE NOCASE AND queued_at > ?2",
+            )?
+            .query_row(params![recipient, since], |r| r.get(0))?)
+    }
+
+    /// Whether a reply of this kind was queued for the case since `since`.
+    pub fn replied_to_case_since(
+        &self,
+        case_id: i64,
+        kind: ReplyKind,
+        since: &str,
+    ) -> anyhow::Result<bool> {
+        Ok(self
+            .c
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM outbox WHERE case_id = ?1 AND kind = ?2 AND queued_at > ?3)",
+            )?
+            .query_row(params![case_id, kind.as_str(), since], |r| r.get(0))?)
+    }
+
+    /// The case holding a message, or a reply of ours, with this
+    /// Message-ID.
+    pub fn case_by_msgid(&self, msgid: &str) -> anyhow::Result<Option<Case>> {
+        let id: Option<i64> = self
+            .c
+            .prepare_cached(
+                "SELECT case_id FROM messages WHERE msgid = ?1 \
+                 UNION ALL SELECT case_id FROM outbox WHERE msgid = ?1 LIMIT 1",
+            )?
+            .query_row([msgid], |r| r.get(0))
+            .optional()?;
+        match id {
+            Some(id) => self.case_by_id(id),
+            None => Ok(None),
+        }
+    }
+
+    pub fn case_by_id(&self, id: i64) -> anyhow::Result<Option<Case>> {
+        Ok(self
+            .c
+            .prepare_cached(&format!("SELECT {CASE_COLUMNS} FROM cases WHERE id = ?1"))?
+            .query_row([id], case_row)
+            .optional()?)
+    }
+
+    pub fn case(&self, reference: Reference) -> anyhow::Result<Option<Case>> {
+        Ok(self
+            .c
+            .prepare_cached(&format!(
+                "SELECT {CASE_COLUMNS} FROM cases WHERE reference = ?1"
+            ))?
+            .query_row([reference.to_string()], case_row)
+            .optional()?)
+    }
+
+    /// The next reference of the year: one more than the highest, so the
+    /// numbering has no gaps (the write lock is held, and a rolled-back
+    /// case gives its number back).
+    pub fn next_reference(&self, year: i32) -> anyhow::Result<Reference> {
+        let max: Option<u32> = self
+            .c
+            .prepare_cached("SELECT max(number) FROM cases WHERE year = ?1")?
+            .query_row([year], |r| r.get(0))?;
+        Ok(Reference {
+            year,
+            number: max.unwrap_or(0) + 1,
+        })
+    }
+
+    pub fn insert_case(&self, c: &NewCase<'_>) -> anyhow::Result<i64> {
+        self.c
+            .prepare_cached(
+                "INSERT INTO cases (reference, year, number, status, agency, requester, authenticated, \
+                 kind, emergency, user_notice, opened_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+            )?
+            .execute(params![
+                c.reference.to_string(),
+                c.reference.year,
+                c.reference.number,
+                c.status.as_str(),
+                c.agency,
+                c.requester,
+                c.authenticated,
+                c.kind.as_str(),
+                c.emergency,
+                c.user_notice.as_str(),
+                c.now,
+            ])?;
+        Ok(self.c.last_insert_rowid())
+    }
+
+    /// Notes that the case changed (a message joined it).
+    pub fn touch_case(&self, case_id: i64, now: &str) -> anyhow::Result<()> {
+        self.c
+            .prepare_cached("UPDATE cases SET updated_at = ?2 WHERE id = ?1")?
+            .execute(params![case_id, now])?;
+        Ok(())
+    }
+
+    pub fn set_status(&self, case_id: i64, status: Status, now: &str) -> anyhow::Result<()> {
+        self.c
+            .prepare_cached("UPDATE cases SET status = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![case_id, status.as_str(), now])?;
+        Ok(())
+    }
+
+    /// Sets one field; `value` is as [`Case::value`] gives it.
+    pub fn set_field(
+        &self,
+        case_id: i64,
+        field: Field,
+        value: &serde_json::Value,
+        now: &str,
+    ) -> anyhow::Result<()> {
+        // The column name comes from this match, never from input.
+        let column = match field {
+            Field::Kind => "kind",
+            Field::Emergency => "emergency",
+            Field::HardCopyServed => "hard_copy_served",
+            Field::UserNotice => "user_notice",
+            Field::UserNoticeUntil => "user_notice_until",
+            Field::Deadline => "deadline",
+        };
+        let sql = format!("UPDATE cases SET {column} = ?2, updated_at = ?3 WHERE id = ?1");
+        let mut stmt = self.c.prepare_cached(&sql)?;
+        match value {
+            serde_json::Value::Bool(b) => stmt.execute(params![case_id, b, now])?,
+            serde_json::Value::String(s) => stmt.execute(params![case_id, s, now])?,
+            serde_json::Value::Null => stmt.execute(params![case_id, None::<String>, now])?,
+            other => anyhow::bail!("a case field cannot hold {other}"),
+        };
+        Ok(())
+    }
+
+    pub fn insert_message(&self, m: &NewMessage<'_>) -> anyhow::Result<i64> {
+        self.c
+            .prepare_cached(
+                "INSERT INTO messages (case_id, sha256, raw, size, msgid, subject, sender, source, \
+                 received_at, findings) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                m.case_id,
+                m.sha256,
+                m.raw,
+                m.raw.len() as i64,
+                m.msgid,
+                m.subject,
+                m.sender,
+                m.source,
+                m.received_at,
+                m.findings,
+            ])?;
+        Ok(self.c.last_insert_rowid())
+    }
+
+    pub fn insert_verdict(&self, v: &NewVerdict<'_>) -> anyhow::Result<i64> {
+        self.c
+            .prepare_cached(
+                "INSERT INTO verdicts (message_id, decided_at, decision, reason, agency, reply, \
+                 reply_suppressed, evidence) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                v.message_id,
+                v.decided_at,
+                v.decision,
+                v.reason,
+                v.agency,
+                v.reply,
+                v.reply_suppressed,
+                v.evidence,
+            ])?;
+        Ok(self.c.last_insert_rowid())
+    }
+
+    /// Queues a reply: pending, never tried, due now.
+    pub fn queue_reply(&self, r: &NewReply<'_>) -> anyhow::Result<i64> {
+        self.c
+            .prepare_cached(
+                "INSERT INTO outbox (case_id, message_id, kind, recipient, msgid, in_reply_to, subject, \
+                 status, attempts, next_attempt_at, queued_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8)",
+            )?
+            .execute(params![
+                r.case_id,
+                r.message_id,
+                r.kind.as_str(),
+                r.recipient,
+                r.msgid,
+                r.in_reply_to,
+                r.subject,
+                r.now,
+            ])?;
+        Ok(self.c.last_insert_rowid())
+    }
+
+    // ---- The audit chain ---------------------------------------------------
+
+    /// The id and hash of the latest event.
+    pub fn last_event(&self) -> anyhow::Result<Option<(i64, String)>> {
+        Ok(self
+            .c
+            .prepare_cached("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    pub fn head(&self) -> anyhow::Result<Option<String>> {
+        Ok(self.last_event()?.map(|(_, h)| h))
+    }
+
+    /// Appends an event whose id and hashes were computed by `audit`.
+    pub fn insert_event(&self, e: &EventRow) -> anyhow::Result<()> {
+        self.c
+            .prepare_cached(&format!(
+                "INSERT INTO events ({EVENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))?
+            .execute(params![
+                e.id,
+                e.at,
+                e.actor,
+                e.case_id,
+                e.kind,
+                e.data,
+                e.prev_hash,
+                e.hash
+            ])?;
+        Ok(())
+    }
+
+    /// Every event in id order, one at a time.
+    pub fn each_event(
+        &self,
+        mut f: impl FnMut(EventRow) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut stmt = self
+            .c
+            .prepare(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"))?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            f(event_row(r)?)?;
+        }
+        Ok(())
+    }
+
+    /// Every stored message's id, recorded hash and bytes, one at a time
+    /// (a case log can be larger than memory).
+    pub fn each_message_raw(
+        &self,
+        mut f: impl FnMut(i64, String, &[u8]) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut stmt = self
+            .c
+            .prepare("SELECT id, sha256, raw FROM messages ORDER BY id")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let raw = r.get_ref(2)?.as_blob().unwrap_or_default();
+            f(r.get(0)?, r.get(1)?, raw)?;
+        }
+        Ok(())
+    }
+
+    // ---- Reading cases -----------------------------------------------------
+
+    pub fn cases(&self, status: Option<Status>) -> anyhow::Result<Vec<Case>> {
+        let mut stmt = self.c.prepare(&format!(
+            "SELECT {CASE_COLUMNS} FROM cases WHERE ?1 IS NULL OR status = ?1 ORDER BY year, number"
+        ))?;
+        let rows = stmt.query_map([status.map(|s| s.as_str())], case_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Every message and verdict row of the log without the bytes (the
+    /// audit cross-checks).
+    pub fn all_messages(&self) -> anyhow::Result<Vec<MessageRow>> {
+        let mut stmt = self.c.prepare(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], message_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn all_verdicts(&self) -> anyhow::Result<Vec<VerdictRow>> {
+        let mut stmt = self.c.prepare(&format!(
+            "SELECT {VERDICT_COLUMNS} FROM verdicts v ORDER BY v.id"
+        ))?;
+        let rows = stmt.query_map([], verdict_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn all_replies(&self) -> anyhow::Result<Vec<ReplyRow>> {
+        let mut stmt = self
+            .c
+            .prepare(&format!("SELECT {REPLY_COLUMNS} FROM outbox ORDER BY id"))?;
+        let rows = stmt.query_map([], reply_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The messages of a case, in filing order, with their bytes when
+    /// `with_raw`.
+    pub fn messages_of(&self, case_id: i64, with_raw: bool) -> anyhow::Result<Vec<MessageRow>> {
+        let mut stmt = self.c.prepare(&format!(
+            "SELECT {MESSAGE_COLUMNS}, raw FROM messages WHERE case_id = ?1 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([case_id], |r| {
+            let mut m = message_row(r)?;
+            if with_raw {
+                m.raw = Some(r.get(10)?);
+            }
+            Ok(m)
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn verdicts_of(&self, case_id: i64) -> anyhow::Result<Vec<VerdictRow>> {
+        let mut stmt = self.c.prepare(&format!(
+            "SELECT {VERDICT_COLUMNS} FROM verdicts v JOIN messages m ON m.id = v.message_id \
+             WHERE m.case_id = ?1 ORDER BY v.id"
+        ))?;
+        let rows = stmt.query_map([case_id], verdict_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn replies_of(&self, case_id: i64) -> anyhow::Result<Vec<ReplyRow>> {
+        let mut stmt = self.c.prepare(&format!(
+            "SELECT {REPLY_COLUMNS} FROM outbox WHERE case_id = ?1 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([case_id], reply_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn events_of(&self, case_id: i64) -> anyhow::Result<Vec<EventRow>> {
+        let mut stmt = self.c.prepare(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE case_id = ?1 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([case_id], event_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Whether some event has this hash.
+    pub fn event_with_hash(&self, hash: &str) -> anyhow::Result<Option<i64>> {
+        Ok(self
+            .c
+            .prepare_cached("SELECT id FROM events WHERE hash = ?1")?
+            .query_row([hash], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// All cases (audit replay).
+    pub fn all_cases(&self) -> anyhow::Result<Vec<Case>> {
+        self.cases(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cases.sqlite");
+        drop(Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = Store::open(&path).err().unwrap();
+        let too_new = err.downcast_ref::<StoreError>();
+        assert!(
+            matches!(too_new, Some(StoreError::TooNew { .. })),
+            "{err:#}"
+        );
+        assert!(err.to_string().contains("newer"), "{err:#}");
+    }
+
+    #[test]
+    fn settings_and_triggers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.sqlite")).unwrap();
+        let mode: String = store
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        let sync: i64 = store
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        let fk: i64 = store
+            .conn
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))
+            .unwrap();
+        assert_eq!((mode.as_str(), sync, fk), ("wal", 2, 1));
+        assert_eq!(store.user_version().unwrap(), SCHEMA_VERSION);
+        let triggers: i64 = store
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(triggers, 6);
+    }
+}

@@ -1,0 +1,636 @@
+//! Pure: a request's text → [`Findings`], what the legal team needs first
+//! (SPEC.md "Triage").
+//!
+//! The findings are shown on the case and never change the decision: they
+//! are hints read from the subject, the text parts and the attachment
+//! names — the request kind and emergency flag, the identifiers it names,
+//! whether it asks for data IVPN does not hold, and whether it mentions a
+//! non-disclosure order. Reading is bounded (the first [`TEXT_LIMIT`] bytes
+//! of text) and cannot fail: an unreadable message gives kind `other`.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use mail_parser::{MessageParser, MimeHeaders};
+use regex::Regex;
+use serde::Serialize;
+
+/// How much text is read from one message.
+pub const TEXT_LIMIT: usize = 256 * 1024;
+
+/// At most this many identifiers of each kind are kept.
+const MAX_IDENTIFIERS: usize = 50;
+
+/// At most this many attachment names are kept.
+const MAX_ATTACHMENTS: usize = 100;
+
+/// What kind of legal process a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    Subpoena,
+    SearchWarrant,
+    CourtOrder,
+    Preservation,
+    Emergency,
+    Other,
+}
+
+impl RequestKind {
+    pub const ALL: [RequestKind; 6] = [
+        RequestKind::Subpoena,
+        RequestKind::SearchWarrant,
+        RequestKind::CourtOrder,
+        RequestKind::Preservation,
+        RequestKind::Emergency,
+        RequestKind::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestKind::Subpoena => "subpoena",
+            RequestKind::SearchWarrant => "search_warrant",
+            RequestKind::CourtOrder => "court_order",
+            RequestKind::Preservation => "preservation",
+            RequestKind::Emergency => "emergency",
+            RequestKind::Other => "other",
+        }
+    }
+
+    /// Reads `search_warrant`, `search-warrant` or `search warrant`.
+    pub fn parse(s: &str) -> Option<RequestKind> {
+        let s = s.trim().to_ascii_lowercase().replace(['-', ' '], "_");
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// What was read in one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Findings {
+    pub kind: RequestKind,
+    /// Emergency wording: the request must be confirmed out of band.
+    pub emergency: bool,
+    /// The words that raised the emergency flag.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub emergency_terms: Vec<String>,
+    /// IVPN account IDs matching `triage.account_patterns`.
+    pub accounts: Vec<String>,
+    pub emails: Vec<String>,
+    pub ips: Vec<String>,
+    pub timestamps: Vec<String>,
+    /// Why the request can only be answered from data IVPN does not hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_logs_hint: Option<String>,
+    /// The wording of a non-disclosure (gag) order, if one is mentioned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gag_order: Option<String>,
+    /// Attachment names as the message gave them (sanitised, never used
+    /// as paths).
+    pub attachments: Vec<String>,
+    /// The text was cut at [`TEXT_LIMIT`].
+    pub truncated: bool,
+}
+
+impl Default for Findings {
+    fn default() -> Self {
+        Findings {
+            kind: RequestKind::Other,
+            emergency: false,
+            emergency_terms: Vec::new(),
+            accounts: Vec::new(),
+            emails: Vec::new(),
+            ips: Vec::new(),
+            timestamps: Vec::new(),
+            no_logs_hint: None,
+            gag_order: None,
+            attachments: Vec::new(),
+            truncated: false,
+        }
+    }
+}
+
+/// The guideline the no-logs hint cites.
+pub const NO_LOGS_GUIDELINE: &str = "IVPN keeps no connection, activity or IP address logs (no-logs policy, law enforcement guidelines): no such records exist to disclose";
+
+/// Kind phrases, most specific process first; searched per source
+/// (subject, then attachment names, then body), the first source with any
+/// match deciding.
+const KIND_PHRASES: &[(RequestKind, &[&str])] = &[
+    (
+        RequestKind::SearchWarrant,
+        &[
+            "search warrant",
+            "search and seizure warrant",
+            "warrant to search",
+        ],
+    ),
+    (
+        RequestKind::CourtOrder,
+        &[
+            "court order",
+            "order of the court",
+            "production order",
+            "disclosure order",
+            "judicial order",
+            "2703(d) order",
+            "norwich pharmacal",
+        ],
+    ),
+    (
+        RequestKind::Subpoena,
+        &[
+            "subpoena",
+            "witness summons",
+            "summons to produce",
+            "grand jury",
+        ],
+    ),
+    (
+        RequestKind::Preservation,
+        &[
+            "preservation",
+            "preserve",
+            "2703(f)",
+            "retain the data",
+            "retain all data",
+        ],
+    ),
+    (
+        RequestKind::Emergency,
+        &[
+            "emergency disclosure",
+            "emergency request",
+            "emergency data request",
+            "exigent circumstances",
+            "emergency",
+        ],
+    ),
+];
+
+/// Wording that flags a request for out-of-band confirmation.
+const EMERGENCY_PHRASES: &[&str] = &[
+    "emergency",
+    "urgent",
+    "urgently",
+    "imminent",
+    "exigent",
+    "threat to life",
+    "risk to life",
+    "danger to life",
+    "danger of death",
+    "life-threatening",
+    "life threatening",
+    "serious bodily harm",
+    "serious bodily injury",
+    "serious physical injury",
+    "kidnap",
+    "kidnapped",
+    "kidnapping",
+    "abduction",
+    "hostage",
+    "suicide",
+    "missing child",
+    "bomb threat",
+];
+
+/// Wording of a non-disclosure order.
+const GAG_PHRASES: &[&str] = &[
+    "non-disclosure order",
+    "nondisclosure order",
+    "non disclosure order",
+    "gag order",
+    "2705(b)",
+    "do not notify",
+    "must not notify",
+    "shall not notify",
+    "not to notify",
+    "without notifying",
+    "refrain from notifying",
+    "do not disclose the existence",
+    "not to disclose the existence",
+    "shall not disclose the existence",
+    "must not disclose the existence",
+    "tipping off",
+    "tipping-off",
+];
+
+/// Requests for records that a no-logs service does not have.
+const LOG_PHRASES: &[&str] = &[
+    "connection log",
+    "connection logs",
+    "connection records",
+    "connection history",
+    "activity log",
+    "activity logs",
+    "session log",
+    "session logs",
+    "traffic log",
+    "traffic logs",
+    "traffic data",
+    "usage log",
+    "usage logs",
+    "access log",
+    "access logs",
+    "browsing history",
+    "dns log",
+    "dns logs",
+    "ip log",
+    "ip logs",
+    "ip address logs",
+    "login history",
+    "log files",
+    "logs",
+];
+
+/// The compiled patterns; built once from the configuration and shared.
+#[derive(Debug, Clone)]
+pub struct Triage {
+    accounts: Vec<Regex>,
+    email: Regex,
+    ip_token: Regex,
+    timestamp: Regex,
+}
+
+impl Triage {
+    /// `patterns` are `triage.account_patterns`: `X` is any letter or
+    /// digit, every other character stands for itself (case-insensitive).
+    pub fn new(patterns: &[String]) -> Triage {
+        let accounts = patterns
+            .iter()
+            .map(|p| {
+                let mut re = String::from("(?i)");
+                for c in p.chars() {
+                    if c == 'X' {
+                        re.push_str("[a-z0-9]");
+                    } else {
+                        re.push_str(&regex::escape(&c.to_string()));
+                    }
+                }
+                Regex::new(&re).expect("escaped literals and a class always compile")
+            })
+            .collect();
+        const ZONE: &str = r"(?:\s?(?:z|utc|gmt|bst|cet|cest|[+-]\d{2}:?\d{2}))?";
+        const MONTH: &str = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?";
+        const CLOCK: &str = r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:\s?[ap]\.?m\.?)?";
+        let timestamp = format!(
+            r"(?i)\b(?:\d{{4}}-\d{{2}}-\d{{2}}[t ]{CLOCK}|\d{{1,2}}[/.]\d{{1,2}}[/.]\d{{2,4}},?\s+(?:at\s+)?{CLOCK}|\d{{1,2}}(?:st|nd|rd|th)?\s+{MONTH}\s+\d{{4}},?\s+(?:at\s+)?{CLOCK}|{MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}},?\s+(?:at\s+)?{CLOCK}){ZONE}"
+        );
+        Triage {
+            accounts,
+            email: Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+                .expect("static pattern"),
+            ip_token: Regex::new(r"[0-9A-Fa-f:.]{2,}").expect("static pattern"),
+            timestamp: Regex::new(&timestamp).expect("static pattern"),
+        }
+    }
+
+    /// Reads a raw message: subject, text parts (HTML converted to text)
+    /// and attachment names, with mail-parser's full MIME parse.
+    pub fn read(&self, raw: &[u8], subject: Option<&str>) -> Findings {
+        // mail-parser is not expected to panic, but a hostile message must
+        // never take the daemon down through a path that is only a hint.
+        let parsed = std::panic::catch_unwind(|| text_of(raw));
+        let (body, attachments, truncated) = parsed.unwrap_or_default();
+        let mut f = self.findings(subject.unwrap_or(""), &body, &attachments);
+        f.truncated = truncated;
+        f
+    }
+
+    /// The findings for already extracted text.
+    pub fn findings(&self, subject: &str, body: &str, attachments: &[String]) -> Findings {
+        let subject_n = normalise(subject);
+        let names_n = normalise(&attachments.join(" ").replace(['_', '.'], " "));
+        let body_n = normalise(body);
+        let everything = format!("{subject_n} {names_n} {body_n}");
+
+        let kind = [&subject_n, &names_n, &body_n]
+            .into_iter()
+            .find_map(|text| {
+                KIND_PHRASES
+                    .iter()
+                    .find(|(_, phrases)| phrases.iter().any(|p| has_phrase(text, p)))
+                    .map(|(k, _)| *k)
+            })
+            .unwrap_or(RequestKind::Other);
+        let emergency_terms: Vec<String> = EMERGENCY_PHRASES
+            .iter()
+            .filter(|p| has_phrase(&everything, p))
+            .map(|p| p.to_string())
+            .collect();
+
+        let raw_text = format!("{subject}\n{}\n{body}", attachments.join("\n"));
+        let accounts = self.accounts(&raw_text);
+        let emails = unique(
+            self.email
+                .find_iter(&raw_text)
+                .map(|m| m.as_str().trim_end_matches(['.', '-']).to_ascii_lowercase()),
+        );
+        let ips = self.ips(&raw_text);
+        let timestamps = unique(
+            self.timestamp
+                .find_iter(&raw_text)
+                .map(|m| m.as_str().split_whitespace().collect::<Vec<_>>().join(" ")),
+        );
+
+        let no_logs_hint = if !ips.is_empty() && !timestamps.is_empty() {
+            Some(format!(
+                "asks about an IP address at a point in time: {NO_LOGS_GUIDELINE}"
+            ))
+        } else {
+            LOG_PHRASES
+                .iter()
+                .find(|p| has_phrase(&everything, p))
+                .map(|p| format!("asks for \"{p}\": {NO_LOGS_GUIDELINE}"))
+        };
+        let gag_order = GAG_PHRASES
+            .iter()
+            .find(|p| has_phrase(&everything, p))
+            .map(|p| p.to_string());
+
+        Findings {
+            kind,
+            emergency: !emergency_terms.is_empty(),
+            emergency_terms,
+            accounts,
+            emails,
+            ips,
+            timestamps,
+            no_logs_hint,
+            gag_order,
+            attachments: attachments.iter().take(MAX_ATTACHMENTS).cloned().collect(),
+            truncated: false,
+        }
+    }
+
+    fn accounts(&self, text: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for re in &self.accounts {
+            for m in re.find_iter(text) {
+                // Whole tokens only: `ivpnABCDEFGH1` is not an account ID.
+                let before = text[..m.start()].chars().next_back();
+                let after = text[m.end()..].chars().next();
+                if !before.is_some_and(|c| c.is_ascii_alphanumeric())
+                    && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+                {
+                    found.push(m.as_str().to_string());
+                }
+            }
+        }
+        unique(found.into_iter())
+    }
+
+    fn ips(&self, text: &str) -> Vec<String> {
+        let tokens = self.ip_token.find_iter(text).filter_map(|m| {
+            let before = text[..m.start()].chars().next_back();
+            let after = text[m.end()..].chars().next();
+            if before.is_some_and(|c| c.is_alphanumeric())
+                || after.is_some_and(|c| c.is_alphanumeric())
+            {
+                return None;
+            }
+            let token = m.as_str().trim_end_matches(['.', ':']);
+            let token = if token.starts_with("::") {
+                token
+            } else {
+                token.trim_start_matches([':', '.'])
+            };
+            let colons = token.matches(':').count();
+            let ip: IpAddr = token.parse().ok()?;
+            // A time such as 10:30:00 never parses as IPv6; `::` alone is
+            // punctuation, not an address.
+            match ip {
+                IpAddr::V4(_) if colons == 0 => Some(ip.to_string()),
+                IpAddr::V6(v6) if colons >= 2 && !v6.is_unspecified() => Some(ip.to_string()),
+                _ => None,
+            }
+        });
+        unique(tokens)
+    }
+}
+
+/// Subject, text and attachment names of a raw message, the text cut at
+/// [`TEXT_LIMIT`]; the flag says whether it was cut.
+fn text_of(raw: &[u8]) -> (String, Vec<String>, bool) {
+    let Some(message) = MessageParser::new().parse(raw) else {
+        return (String::new(), Vec::new(), false);
+    };
+    let mut text = String::new();
+    let mut truncated = false;
+    let mut parts: Vec<Cow<'_, str>> = (0..message.text_body_count())
+        .filter_map(|i| message.body_text(i))
+        .collect();
+    if parts.is_empty() {
+        parts = (0..message.html_body_count())
+            .filter_map(|i| message.body_text(i))
+            .collect();
+    }
+    for part in parts {
+        if text.len() + part.len() + 1 > TEXT_LIMIT {
+            let room = TEXT_LIMIT.saturating_sub(text.len());
+            let mut cut = room.min(part.len());
+            while !part.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.push_str(&part[..cut]);
+            truncated = true;
+            break;
+        }
+        text.push_str(&part);
+        text.push('\n');
+    }
+    let attachments = message
+        .attachments()
+        .filter_map(|a| a.attachment_name())
+        .take(MAX_ATTACHMENTS)
+        .map(|n| crate::message::clean(n, 200))
+        .collect();
+    (text, attachments, truncated)
+}
+
+/// Lowercase with every whitespace run made one space, so that phrases
+/// match across line breaks.
+fn normalise(s: &str) -> String {
+    s.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// `phrase` occurs in `text` as whole words (not inside a longer word).
+fn has_phrase(text: &str, phrase: &str) -> bool {
+    text.match_indices(phrase).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + phrase.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
+/// First occurrences in order, at most [`MAX_IDENTIFIERS`].
+fn unique(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        if out.len() >= MAX_IDENTIFIERS {
+            break;
+        }
+        if !item.is_empty() && !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn triage() -> Triage {
+        Triage::new(&crate::config::DEFAULT_ACCOUNT_PATTERNS.map(String::from))
+    }
+
+    fn check(subject: &str, body: &str, attachments: &[&str], kind: RequestKind, emergency: bool) {
+        let names: Vec<String> = attachments.iter().map(|s| s.to_string()).collect();
+        let f = triage().findings(subject, body, &names);
+        assert_eq!(
+            (f.kind, f.emergency),
+            (kind, emergency),
+            "{subject:?} / {body:?}: {f:?}"
+        );
+    }
+
+    #[test]
+    fn kinds() {
+        use RequestKind::*;
+        check("Search warrant 2026/117", "", &[], SearchWarrant, false);
+        check(
+            "Request",
+            "Attached is a production order.",
+            &[],
+            CourtOrder,
+            false,
+        );
+        check(
+            "Request",
+            "",
+            &["Production_Order-117.pdf"],
+            CourtOrder,
+            false,
+        );
+        check("SUBPOENA duces tecum", "", &[], Subpoena, false);
+        check(
+            "Data preservation request",
+            "a court order will follow",
+            &[],
+            Preservation,
+            false,
+        );
+        check("Emergency disclosure request", "", &[], Emergency, true);
+        check(
+            "Request",
+            "There is an imminent threat to life.",
+            &[],
+            Other,
+            true,
+        );
+        // The subject outweighs the body; the body's order is a formality.
+        check(
+            "Preservation",
+            "Please preserve. A search\r\n warrant follows.",
+            &[],
+            Preservation,
+            false,
+        );
+        check("Hello", "Nothing to see", &[], Other, false);
+        // Whole words only.
+        check("Preserved fruit", "subpoenaed", &[], Other, false);
+    }
+
+    #[test]
+    fn identifiers() {
+        let f = triage().findings(
+            "Account i-AB12-CD34-EF56",
+            "Also ivpnAbCd1234 and ivpnTOOLONG123 and i-AAAA-BBBB-CCCC.\n\
+             Mail suspect@example.com, connected from 192.0.2.44 and 2001:db8::7 \
+             on 2026-10-30 14:22:05 UTC. Version 1.2.3.4.5 is no address; 10:30:00 is a time.",
+            &[],
+        );
+        assert_eq!(
+            f.accounts,
+            ["i-AB12-CD34-EF56", "i-AAAA-BBBB-CCCC", "ivpnAbCd1234"]
+        );
+        assert_eq!(f.emails, ["suspect@example.com"]);
+        assert_eq!(f.ips, ["192.0.2.44", "2001:db8::7"]);
+        assert_eq!(f.timestamps, ["2026-10-30 14:22:05 UTC"]);
+        assert!(f.no_logs_hint.unwrap().contains("no-logs"));
+    }
+
+    #[test]
+    fn timestamp_forms() {
+        for (text, expected) in [
+            ("at 2026-10-30T14:22:05Z from", "2026-10-30T14:22:05Z"),
+            ("on 30/10/2026 14:22 GMT", "30/10/2026 14:22 GMT"),
+            (
+                "on 30 October 2026 at 2:22 pm",
+                "30 October 2026 at 2:22 pm",
+            ),
+            (
+                "on Oct 30, 2026 14:22:05 +0100",
+                "Oct 30, 2026 14:22:05 +0100",
+            ),
+        ] {
+            let f = triage().findings("", text, &[]);
+            assert_eq!(f.timestamps, [expected], "{text}");
+        }
+    }
+
+    #[test]
+    fn no_logs_and_gag() {
+        let f = triage().findings(
+            "Request",
+            "Provide the connection logs for the account.",
+            &[],
+        );
+        assert!(f.no_logs_hint.unwrap().contains("connection logs"));
+        let f = triage().findings("Request", "Please provide the account e-mail.", &[]);
+        assert_eq!(f.no_logs_hint, None);
+        let f = triage().findings(
+            "Order",
+            "This order is accompanied by a non-disclosure\norder under 18 U.S.C. 2705(b).",
+            &[],
+        );
+        assert_eq!(f.gag_order.as_deref(), Some("non-disclosure order"));
+        let f = triage().findings("Order", "You may notify the customer.", &[]);
+        assert_eq!(f.gag_order, None);
+    }
+
+    #[test]
+    fn configured_account_patterns() {
+        let t = Triage::new(&["acct-XXX".to_string()]);
+        let f = t.findings("", "acct-9z9 and acct-9z99 and xacct-111", &[]);
+        assert_eq!(f.accounts, ["acct-9z9"]);
+    }
+
+    #[test]
+    fn messages_are_read_whole_and_never_panic() {
+        let raw = b"From: a@police.gi\r\nSubject: Court order\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n\
+Urgent: account i-ABCD-EFGH-JKLM\r\n--b\r\nContent-Type: application/pdf\r\n\
+Content-Disposition: attachment; filename=\"../../etc/passwd.pdf\"\r\n\r\nxx\r\n--b--\r\n";
+        let f = triage().read(raw, Some("Court order"));
+        assert_eq!(f.kind, RequestKind::CourtOrder);
+        assert!(f.emergency);
+        assert_eq!(f.accounts, ["i-ABCD-EFGH-JKLM"]);
+        assert_eq!(f.attachments, ["../../etc/passwd.pdf"]);
+        for raw in [
+            &b""[..],
+            b"\0\0",
+            b"\xff\xfe: \r\n\r\n\xff",
+            b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x",
+        ] {
+            assert_eq!(triage().read(raw, None).kind, RequestKind::Other);
+        }
+        let mut big = b"Subject: x\r\n\r\n".to_vec();
+        big.resize(TEXT_LIMIT * 2, b'a');
+        let f = triage().read(&big, None);
+        assert!(f.truncated);
+    }
+}
