@@ -157,8 +157,11 @@ struct Vouched {
 
 /// Recomputes the chain and checks the tables against it; `head` is a
 /// hash recorded earlier that must still be in the chain.
-pub fn verify(store: &Store, head: Option<&str>) -> anyhow::Result<Report> {
-    let ops = store.read();
+pub fn verify(store: &mut Store, head: Option<&str>) -> anyhow::Result<Report> {
+    // One snapshot for every query: a filing committed while this runs
+    // must not look like a row without its event.
+    let snapshot = store.snapshot()?;
+    let ops = snapshot.ops();
     let mut problems: Vec<Problem> = Vec::new();
     let mut count = 0u64;
     let mut prev: Option<(i64, String)> = None;
@@ -448,7 +451,9 @@ fn check_replies(
             && d.get("kind").and_then(Value::as_str) == Some(r.kind.as_str())
             && d.get("recipient").and_then(Value::as_str) == Some(r.recipient.as_str())
             && d.get("msgid").and_then(Value::as_str) == Some(r.msgid.as_str())
-            && d.get("message").and_then(Value::as_i64) == Some(r.message_id);
+            && d.get("message").and_then(Value::as_i64) == Some(r.message_id)
+            && d.get("in_reply_to").cloned().unwrap_or(Value::Null)
+                == r.in_reply_to.clone().map_or(Value::Null, Value::String);
         if !same {
             problems.push(Problem {
                 event: Some(e.event),

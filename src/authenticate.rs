@@ -483,7 +483,7 @@ impl Authenticator {
         };
         check.domain = Some(domain.to_string());
         check.reason = None;
-        let params = SpfParameters::verify_mail_from(ip, helo, host, sender);
+        let params = SpfParameters::verify_mail_from(unmapped(ip), helo, host, sender);
         match tokio::time::timeout_at(deadline.into(), self.inner.resolver.verify_spf(params)).await
         {
             Ok(output) => {
@@ -559,6 +559,15 @@ impl Authenticator {
                 _ => None,
             })
             .collect())
+    }
+}
+
+/// RFC 7208 §5: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, as
+/// dual-stack MTAs record IPv4 peers) is evaluated as the IPv4 address.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V4(_) => ip,
     }
 }
 

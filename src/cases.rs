@@ -310,8 +310,9 @@ impl From<EventRow> for ShownEvent {
 }
 
 /// Reads one case with everything filed on it.
-pub fn dossier(store: &Store, reference: Reference, with_raw: bool) -> anyhow::Result<Dossier> {
-    let ops = store.read();
+pub fn dossier(store: &mut Store, reference: Reference, with_raw: bool) -> anyhow::Result<Dossier> {
+    let snapshot = store.snapshot()?;
+    let ops = snapshot.ops();
     let case = ops.case(reference)?.ok_or(Refused::NoSuchCase(reference))?;
     let mut verdicts = ops.verdicts_of(case.id)?;
     let messages = ops
@@ -343,7 +344,7 @@ pub fn dossier(store: &Store, reference: Reference, with_raw: bool) -> anyhow::R
 
 /// `cases show`.
 pub fn show(
-    store: &Store,
+    store: &mut Store,
     reference: Reference,
     json: bool,
     out: &mut dyn Write,

@@ -150,7 +150,13 @@ pub async fn run(
 
         let filer = filer.clone();
         let (returned, outcomes) = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let outcomes = filer.file_batch(&mut store, &items, clock);
+            tracing::debug!(
+                messages = items.len(),
+                ms = started.elapsed().as_secs_f64() * 1000.0,
+                "batch filed"
+            );
             (store, outcomes)
         })
         .await
@@ -200,7 +206,7 @@ fn log(o: &Outcome) {
         from = %o.from.as_deref().unwrap_or("-"),
         decision = %o.decision,
         reply = %o.reply.map_or("none", |k| k.as_str()),
-        filing = ?o.filing,
+        filing = o.filing.as_str(),
         reason = ?o.reason,
         "message"
     );

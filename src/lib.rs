@@ -26,6 +26,8 @@
 //! - [`ingest`]: the `ingest` command: concurrent judging, batched filing.
 //! - [`cases`]: the legal team's `cases list|show|set-status|set` commands.
 //! - [`export`]: `cases export`, the evidence bundle with its manifest.
+//! - [`imap`]: the IMAP edge: connect, IDLE/poll, fetch, move.
+//! - [`reply`]: a queued reply rendered from its template, pure.
 
 pub mod audit;
 pub mod authenticate;
@@ -36,10 +38,12 @@ pub mod config;
 pub mod decide;
 pub mod domain;
 pub mod export;
+pub mod imap;
 pub mod ingest;
 pub mod judge;
 pub mod message;
 pub mod pipeline;
+pub mod reply;
 pub mod store;
 pub mod triage;
 pub mod verify;

@@ -186,6 +186,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     match run(cli) {
@@ -260,7 +261,7 @@ fn run(cli: Cli) -> Result<bool, Failure> {
             let mut out = std::io::stdout().lock();
             match command {
                 CasesCommand::List { status, json } => cases::list(&store, status, json, &mut out)?,
-                CasesCommand::Show { id, json } => cases::show(&store, id, json, &mut out)?,
+                CasesCommand::Show { id, json } => cases::show(&mut store, id, json, &mut out)?,
                 CasesCommand::SetStatus { id, status, note } => {
                     let line = cases::set_status(
                         &mut store,
@@ -316,8 +317,8 @@ fn run(cli: Cli) -> Result<bool, Failure> {
             command: AuditCommand::Verify { head },
         } => {
             let config = load(&cli.config)?;
-            let store = cases::open(&config.store.database)?;
-            let report = legal_intake::audit::verify(&store, head.as_deref())?;
+            let mut store = cases::open(&config.store.database)?;
+            let report = legal_intake::audit::verify(&mut store, head.as_deref())?;
             for line in report.lines() {
                 println!("{line}");
             }

@@ -8,10 +8,8 @@
 //! is versioned with `PRAGMA user_version` and migrated forward on open; a
 //! database from a newer binary is refused rather than misread.
 //!
-//! Writers get a [`Tx`] (one transaction, possibly many messages) and,
-//! inside it, [`Unit`]s (savepoints), so one message that cannot be filed
-//! rolls back alone without losing the batch. Both hand out [`Ops`], the
-//! small statements the pipeline orders. Raw messages, verdicts and audit
+//! Writers get a [`Tx`] (one transaction, possibly many messages) that
+//! hands out [`Ops`], the small statements the pipeline orders. Raw messages, verdicts and audit
 //! events are append-only: triggers refuse UPDATE and DELETE, and the
 //! audit chain (see `audit`) proves it even if the triggers are dropped.
 
@@ -285,9 +283,21 @@ impl Store {
         Ok(Tx { tx })
     }
 
-    /// Statements that read, outside any write transaction.
+    /// Statements that read, outside any write transaction (each sees the
+    /// log as it is when it runs).
     pub fn read(&self) -> Ops<'_> {
         Ops { c: &self.conn }
+    }
+
+    /// A read transaction: every statement made through it sees the same
+    /// state of the log, however many writers commit meanwhile (WAL), so a
+    /// report built from several queries is consistent.
+    pub fn snapshot(&mut self) -> anyhow::Result<Snapshot<'_>> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .context("cannot start a read transaction on the case log")?;
+        Ok(Snapshot { tx })
     }
 
     /// The hash of the latest audit event (the chain head), `None` while
@@ -307,32 +317,20 @@ impl Tx<'_> {
         Ops { c: &self.tx }
     }
 
-    /// A unit of work inside the transaction that is rolled back alone
-    /// when dropped without [`Unit::commit`].
-    pub fn unit(&mut self) -> anyhow::Result<Unit<'_>> {
-        Ok(Unit {
-            sp: self.tx.savepoint()?,
-        })
-    }
-
     /// Commits; nothing written is visible or durable before this returns.
     pub fn commit(self) -> anyhow::Result<()> {
         self.tx.commit().context("cannot commit to the case log")
     }
 }
 
-/// A savepoint inside a [`Tx`].
-pub struct Unit<'t> {
-    sp: rusqlite::Savepoint<'t>,
+/// A consistent view of the log; dropping it ends the read transaction.
+pub struct Snapshot<'s> {
+    tx: rusqlite::Transaction<'s>,
 }
 
-impl Unit<'_> {
+impl Snapshot<'_> {
     pub fn ops(&self) -> Ops<'_> {
-        Ops { c: &self.sp }
-    }
-
-    pub fn commit(self) -> anyhow::Result<()> {
-        Ok(self.sp.commit()?)
+        Ops { c: &self.tx }
     }
 }
 
@@ -636,14 +634,17 @@ impl Ops<'_> {
             .query_row(params![sha256, now, reason], |r| r.get(0))?)
     }
 
-    /// Replies queued to this address since `since` (any case, any kind).
-    pub fn replies_to_since(&self, recipient: &str, since: &str) -> anyhow::Result<u32> {
+    /// Replies queued to this address since `since` (any case, any kind),
+    /// counted up to `cap`: the decision only asks whether the daily limit
+    /// is reached, and a busy sender must not make every filing slower.
+    pub fn replies_to_since(&self, recipient: &str, since: &str, cap: u32) -> anyhow::Result<u32> {
         Ok(self
             .c
             .prepare_cached(
-                "SELECT count(*) FROM outbox WHERE recipient = ?1 COLLATE NOCASE AND queued_at > ?2",
+                "SELECT count(*) FROM (SELECT 1 FROM outbox \
+                 WHERE recipient = ?1 COLLATE NOCASE AND queued_at > ?2 LIMIT ?3)",
             )?
-            .query_row(params![recipient, since], |r| r.get(0))?)
+            .query_row(params![recipient, since, cap], |r| r.get(0))?)
     }
 
     /// Whether a reply of this kind was queued for the case since `since`.

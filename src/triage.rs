@@ -9,8 +9,9 @@
 //! of text) and cannot fail: an unreadable message gives kind `other`.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use mail_parser::{MessageParser, MimeHeaders};
 use regex::Regex;
 use serde::Serialize;
@@ -242,46 +243,93 @@ const LOG_PHRASES: &[&str] = &[
     "logs",
 ];
 
+/// What finding a phrase means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Says {
+    Kind(RequestKind),
+    Emergency,
+    Gag,
+    Logs,
+}
+
 /// The compiled patterns; built once from the configuration and shared.
 #[derive(Debug, Clone)]
 pub struct Triage {
-    accounts: Vec<Regex>,
-    email: Regex,
-    ip_token: Regex,
+    accounts: Option<Regex>,
+    ipv4: Regex,
     timestamp: Regex,
+    /// Every phrase of every list in one automaton, so a text is scanned
+    /// once whatever the number of phrases.
+    phrases: AhoCorasick,
+    /// What each phrase (by pattern index) means, kinds in priority order
+    /// first, then the lists in their order.
+    meaning: Vec<(Says, &'static str)>,
 }
 
 impl Triage {
     /// `patterns` are `triage.account_patterns`: `X` is any letter or
     /// digit, every other character stands for itself (case-insensitive).
     pub fn new(patterns: &[String]) -> Triage {
-        let accounts = patterns
+        // One alternation for all patterns: one pass over the text.
+        let alternatives: Vec<String> = patterns
             .iter()
             .map(|p| {
-                let mut re = String::from("(?i)");
-                for c in p.chars() {
-                    if c == 'X' {
-                        re.push_str("[a-z0-9]");
-                    } else {
-                        re.push_str(&regex::escape(&c.to_string()));
-                    }
-                }
-                Regex::new(&re).expect("escaped literals and a class always compile")
+                p.chars()
+                    .map(|c| {
+                        if c == 'X' {
+                            "[a-z0-9]".to_string()
+                        } else {
+                            regex::escape(&c.to_string())
+                        }
+                    })
+                    .collect::<String>()
             })
             .collect();
+        let accounts = (!alternatives.is_empty()).then(|| {
+            Regex::new(&format!("(?i)(?:{})", alternatives.join("|")))
+                .expect("escaped literals and a class always compile")
+        });
         const ZONE: &str = r"(?:\s?(?:z|utc|gmt|bst|cet|cest|[+-]\d{2}:?\d{2}))?";
         const MONTH: &str = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?";
         const CLOCK: &str = r"\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:\s?[ap]\.?m\.?)?";
         let timestamp = format!(
-            r"(?i)\b(?:\d{{4}}-\d{{2}}-\d{{2}}[t ]{CLOCK}|\d{{1,2}}[/.]\d{{1,2}}[/.]\d{{2,4}},?\s+(?:at\s+)?{CLOCK}|\d{{1,2}}(?:st|nd|rd|th)?\s+{MONTH}\s+\d{{4}},?\s+(?:at\s+)?{CLOCK}|{MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}},?\s+(?:at\s+)?{CLOCK}){ZONE}"
+            r"(?i)(?-u:\b)(?:\d{{4}}-\d{{2}}-\d{{2}}[t ]{CLOCK}|\d{{1,2}}[/.]\d{{1,2}}[/.]\d{{2,4}},?\s+(?:at\s+)?{CLOCK}|\d{{1,2}}(?:st|nd|rd|th)?\s+{MONTH}\s+\d{{4}},?\s+(?:at\s+)?{CLOCK}|{MONTH}\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}},?\s+(?:at\s+)?{CLOCK}){ZONE}"
         );
+        let mut meaning: Vec<(Says, &'static str)> = Vec::new();
+        for (kind, list) in KIND_PHRASES {
+            meaning.extend(list.iter().map(|p| (Says::Kind(*kind), *p)));
+        }
+        meaning.extend(EMERGENCY_PHRASES.iter().map(|p| (Says::Emergency, *p)));
+        meaning.extend(GAG_PHRASES.iter().map(|p| (Says::Gag, *p)));
+        meaning.extend(LOG_PHRASES.iter().map(|p| (Says::Logs, *p)));
+        let phrases = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(meaning.iter().map(|(_, p)| p))
+            .expect("a few hundred short literals always build");
         Triage {
             accounts,
-            email: Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-                .expect("static pattern"),
-            ip_token: Regex::new(r"[0-9A-Fa-f:.]{2,}").expect("static pattern"),
+            ipv4: Regex::new(r"\d{1,3}(?:\.\d{1,3}){3}").expect("static pattern"),
             timestamp: Regex::new(&timestamp).expect("static pattern"),
+            phrases,
+            meaning,
         }
+    }
+
+    /// Which phrases occur in `text` (normalised) as whole words, by
+    /// pattern index.
+    fn phrases_in(&self, text: &str) -> Vec<bool> {
+        let mut found = vec![false; self.meaning.len()];
+        for m in self.phrases.find_overlapping_iter(text) {
+            let before = text[..m.start()].chars().next_back();
+            let after = text[m.end()..].chars().next();
+            if !before.is_some_and(char::is_alphanumeric)
+                && !after.is_some_and(char::is_alphanumeric)
+            {
+                found[m.pattern().as_usize()] = true;
+            }
+        }
+        found
     }
 
     /// Reads a raw message: subject, text parts (HTML converted to text)
@@ -298,54 +346,55 @@ impl Triage {
 
     /// The findings for already extracted text.
     pub fn findings(&self, subject: &str, body: &str, attachments: &[String]) -> Findings {
-        let subject_n = normalise(subject);
-        let names_n = normalise(&attachments.join(" ").replace(['_', '.'], " "));
-        let body_n = normalise(body);
-        let everything = format!("{subject_n} {names_n} {body_n}");
-
-        let kind = [&subject_n, &names_n, &body_n]
-            .into_iter()
-            .find_map(|text| {
-                KIND_PHRASES
+        let sources = [
+            self.phrases_in(&normalise(subject)),
+            self.phrases_in(&normalise(&attachments.join(" ").replace(['_', '.'], " "))),
+            self.phrases_in(&normalise(body)),
+        ];
+        // The kind: the first source (subject, attachment names, body) that
+        // names any, and in it the most specific process.
+        let kind = sources
+            .iter()
+            .find_map(|found| {
+                self.meaning
                     .iter()
-                    .find(|(_, phrases)| phrases.iter().any(|p| has_phrase(text, p)))
-                    .map(|(k, _)| *k)
+                    .zip(found)
+                    .find_map(|((says, _), hit)| match says {
+                        Says::Kind(k) if *hit => Some(*k),
+                        _ => None,
+                    })
             })
             .unwrap_or(RequestKind::Other);
-        let emergency_terms: Vec<String> = EMERGENCY_PHRASES
-            .iter()
-            .filter(|p| has_phrase(&everything, p))
-            .map(|p| p.to_string())
+        let anywhere = |i: usize| sources.iter().any(|found| found[i]);
+        let said = |what: Says| -> Vec<&'static str> {
+            self.meaning
+                .iter()
+                .enumerate()
+                .filter(|(i, (says, _))| *says == what && anywhere(*i))
+                .map(|(_, (_, p))| *p)
+                .collect()
+        };
+        let emergency_terms: Vec<String> = said(Says::Emergency)
+            .into_iter()
+            .map(String::from)
             .collect();
 
         let raw_text = format!("{subject}\n{}\n{body}", attachments.join("\n"));
         let accounts = self.accounts(&raw_text);
-        let emails = unique(
-            self.email
-                .find_iter(&raw_text)
-                .map(|m| m.as_str().trim_end_matches(['.', '-']).to_ascii_lowercase()),
-        );
+        let emails = emails(&raw_text);
         let ips = self.ips(&raw_text);
-        let timestamps = unique(
-            self.timestamp
-                .find_iter(&raw_text)
-                .map(|m| m.as_str().split_whitespace().collect::<Vec<_>>().join(" ")),
-        );
+        let timestamps = self.timestamps(&raw_text);
 
         let no_logs_hint = if !ips.is_empty() && !timestamps.is_empty() {
             Some(format!(
                 "asks about an IP address at a point in time: {NO_LOGS_GUIDELINE}"
             ))
         } else {
-            LOG_PHRASES
-                .iter()
-                .find(|p| has_phrase(&everything, p))
+            said(Says::Logs)
+                .first()
                 .map(|p| format!("asks for \"{p}\": {NO_LOGS_GUIDELINE}"))
         };
-        let gag_order = GAG_PHRASES
-            .iter()
-            .find(|p| has_phrase(&everything, p))
-            .map(|p| p.to_string());
+        let gag_order = said(Says::Gag).first().map(|p| p.to_string());
 
         Findings {
             kind,
@@ -363,48 +412,82 @@ impl Triage {
     }
 
     fn accounts(&self, text: &str) -> Vec<String> {
+        let Some(re) = &self.accounts else {
+            return Vec::new();
+        };
+        let found = re.find_iter(text).filter_map(|m| {
+            // Whole tokens only: `ivpnABCDEFGH1` is not an account ID.
+            let before = text[..m.start()].chars().next_back();
+            let after = text[m.end()..].chars().next();
+            (!before.is_some_and(|c| c.is_ascii_alphanumeric())
+                && !after.is_some_and(|c| c.is_ascii_alphanumeric()))
+            .then(|| m.as_str().to_string())
+        });
+        unique(found)
+    }
+
+    /// Timestamps: every form has a clock (`14:22`), so the pattern only
+    /// runs on a window around each colon with a digit before and two
+    /// after — prose without times costs one memchr pass.
+    fn timestamps(&self, text: &str) -> Vec<String> {
+        let b = text.as_bytes();
         let mut found = Vec::new();
-        for re in &self.accounts {
-            for m in re.find_iter(text) {
-                // Whole tokens only: `ivpnABCDEFGH1` is not an account ID.
-                let before = text[..m.start()].chars().next_back();
-                let after = text[m.end()..].chars().next();
-                if !before.is_some_and(|c| c.is_ascii_alphanumeric())
-                    && !after.is_some_and(|c| c.is_ascii_alphanumeric())
-                {
-                    found.push(m.as_str().to_string());
-                }
+        let mut covered = 0;
+        for (i, _) in text.match_indices(':') {
+            let clock = i > 0
+                && b[i - 1].is_ascii_digit()
+                && b.get(i + 1).is_some_and(u8::is_ascii_digit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_digit);
+            if !clock || i < covered {
+                continue;
+            }
+            let mut start = i.saturating_sub(48);
+            while !text.is_char_boundary(start) {
+                start += 1;
+            }
+            let mut end = (i + 32).min(b.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let hit = self
+                .timestamp
+                .find_iter(&text[start..end])
+                .find(|m| start + m.start() <= i && i < start + m.end());
+            if let Some(m) = hit {
+                covered = start + m.end();
+                found.push(m.as_str().split_whitespace().collect::<Vec<_>>().join(" "));
             }
         }
         unique(found.into_iter())
     }
 
     fn ips(&self, text: &str) -> Vec<String> {
-        let tokens = self.ip_token.find_iter(text).filter_map(|m| {
-            let before = text[..m.start()].chars().next_back();
-            let after = text[m.end()..].chars().next();
-            if before.is_some_and(|c| c.is_alphanumeric())
-                || after.is_some_and(|c| c.is_alphanumeric())
-            {
-                return None;
-            }
-            let token = m.as_str().trim_end_matches(['.', ':']);
-            let token = if token.starts_with("::") {
-                token
-            } else {
-                token.trim_start_matches([':', '.'])
-            };
-            let colons = token.matches(':').count();
-            let ip: IpAddr = token.parse().ok()?;
+        // Whole tokens only: not part of a longer dotted or coloned run
+        // (`1.2.3.4.5` is a version number, not an address).
+        let whole = |start: usize, end: usize| {
+            let before = text[..start].chars().next_back();
+            let mut after = text[end..].chars();
+            let next = after.next();
+            let glued_before = before.is_some_and(|c| c.is_alphanumeric() || c == '.' || c == ':');
+            let glued_after = next.is_some_and(char::is_alphanumeric)
+                || (matches!(next, Some('.' | ':'))
+                    && after.next().is_some_and(|c| c.is_ascii_alphanumeric()));
+            !glued_before && !glued_after
+        };
+        let v4 = self.ipv4.find_iter(text).filter_map(|m| {
+            let ip: Ipv4Addr = m.as_str().parse().ok()?;
+            whole(m.start(), m.end()).then(|| (m.start(), ip.to_string()))
+        });
+        let v6 = v6_candidates(text).into_iter().filter_map(|(start, end)| {
             // A time such as 10:30:00 never parses as IPv6; `::` alone is
             // punctuation, not an address.
-            match ip {
-                IpAddr::V4(_) if colons == 0 => Some(ip.to_string()),
-                IpAddr::V6(v6) if colons >= 2 && !v6.is_unspecified() => Some(ip.to_string()),
-                _ => None,
-            }
+            let ip: Ipv6Addr = text[start..end].parse().ok()?;
+            (whole(start, end) && !ip.is_unspecified()).then(|| (start, ip.to_string()))
         });
-        unique(tokens)
+        // In the order the text names them.
+        let mut all: Vec<(usize, String)> = v4.chain(v6).collect();
+        all.sort();
+        unique(all.into_iter().map(|(_, ip)| ip))
     }
 }
 
@@ -450,19 +533,87 @@ fn text_of(raw: &[u8]) -> (String, Vec<String>, bool) {
 /// Lowercase with every whitespace run made one space, so that phrases
 /// match across line breaks.
 fn normalise(s: &str) -> String {
-    s.split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase()
+    let mut out = String::with_capacity(s.len());
+    let mut space = true;
+    for c in s.chars() {
+        if c.is_whitespace() {
+            if !space {
+                out.push(' ');
+                space = true;
+            }
+        } else {
+            space = false;
+            if c.is_ascii() {
+                out.push(c.to_ascii_lowercase());
+            } else {
+                out.extend(c.to_lowercase());
+            }
+        }
+    }
+    if out.ends_with(' ') {
+        out.pop();
+    }
+    out
 }
 
-/// `phrase` occurs in `text` as whole words (not inside a longer word).
-fn has_phrase(text: &str, phrase: &str) -> bool {
-    text.match_indices(phrase).any(|(i, _)| {
-        let before = text[..i].chars().next_back();
-        let after = text[i + phrase.len()..].chars().next();
-        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
-    })
+/// E-mail addresses, found from their `@`: the local part (letters,
+/// digits, `._%+-`) before it, a dotted domain after it.
+fn emails(text: &str) -> Vec<String> {
+    let b = text.as_bytes();
+    let local = |c: u8| c.is_ascii_alphanumeric() || b"._%+-".contains(&c);
+    let host = |c: u8| c.is_ascii_alphanumeric() || c == b'.' || c == b'-';
+    let found = text.match_indices('@').filter_map(|(at, _)| {
+        let mut start = at;
+        while start > 0 && local(b[start - 1]) {
+            start -= 1;
+        }
+        let mut end = at + 1;
+        while end < b.len() && host(b[end]) {
+            end += 1;
+        }
+        let domain = text[at + 1..end].trim_end_matches(['.', '-']);
+        let valid = start < at
+            && domain.contains('.')
+            && domain
+                .split('.')
+                .all(|l| !l.is_empty() && !l.starts_with('-'));
+        valid.then(|| format!("{}@{domain}", &text[start..at]).to_ascii_lowercase())
+    });
+    unique(found)
+}
+
+/// Where IPv6 addresses may be: the runs of hex digits, colons and dots
+/// around each colon (found with memchr, so prose without colons costs
+/// nothing), less trailing punctuation.
+fn v6_candidates(text: &str) -> Vec<(usize, usize)> {
+    let b = text.as_bytes();
+    let is_token = |c: u8| c.is_ascii_hexdigit() || c == b':' || c == b'.';
+    let mut out = Vec::new();
+    let mut scanned = 0;
+    for (i, _) in text.match_indices(':') {
+        if i < scanned {
+            continue;
+        }
+        let mut start = i;
+        while start > 0 && is_token(b[start - 1]) {
+            start -= 1;
+        }
+        let mut end = i;
+        while end < b.len() && is_token(b[end]) {
+            end += 1;
+        }
+        scanned = end;
+        while end > start && b[end - 1] == b'.' {
+            end -= 1;
+        }
+        if end - start > 2 && b[end - 1] == b':' && b[end - 2] != b':' {
+            end -= 1;
+        }
+        if text[start..end].matches(':').count() >= 2 {
+            out.push((start, end));
+        }
+    }
+    out
 }
 
 /// First occurrences in order, at most [`MAX_IDENTIFIERS`].
@@ -549,18 +700,29 @@ mod tests {
         let f = triage().findings(
             "Account i-AB12-CD34-EF56",
             "Also ivpnAbCd1234 and ivpnTOOLONG123 and i-AAAA-BBBB-CCCC.\n\
-             Mail suspect@example.com, connected from 192.0.2.44 and 2001:db8::7 \
+             Mail suspect@example.com, connected from 192.0.2.44 and 2001:db8::7 and ::ffff:198.51.100.9 \
              on 2026-10-30 14:22:05 UTC. Version 1.2.3.4.5 is no address; 10:30:00 is a time.",
             &[],
         );
         assert_eq!(
             f.accounts,
-            ["i-AB12-CD34-EF56", "i-AAAA-BBBB-CCCC", "ivpnAbCd1234"]
+            ["i-AB12-CD34-EF56", "ivpnAbCd1234", "i-AAAA-BBBB-CCCC"]
         );
         assert_eq!(f.emails, ["suspect@example.com"]);
-        assert_eq!(f.ips, ["192.0.2.44", "2001:db8::7"]);
+        assert_eq!(f.ips, ["192.0.2.44", "2001:db8::7", "::ffff:198.51.100.9"]);
         assert_eq!(f.timestamps, ["2026-10-30 14:22:05 UTC"]);
         assert!(f.no_logs_hint.unwrap().contains("no-logs"));
+    }
+
+    #[test]
+    fn email_addresses() {
+        let f = triage().findings(
+            "",
+            "Write to Jane.Doe+ivpn@Example.ORG. Not user@localhost, not @alone, \
+             not x@-bad.example; twice: jane.doe+ivpn@example.org",
+            &[],
+        );
+        assert_eq!(f.emails, ["jane.doe+ivpn@example.org"]);
     }
 
     #[test]

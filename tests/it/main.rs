@@ -1,5 +1,9 @@
 //! Integration tests: the real binary against real servers on 127.0.0.1.
 
+mod cases;
+mod dovecot;
+mod imap;
 mod robustness;
+mod spf_suite;
 mod support;
 mod verify;

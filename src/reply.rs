@@ -1,0 +1,403 @@
+//! Pure: a queued reply and its case → RFC 5322 bytes.
+//!
+//! The texts are templates the operator may edit
+//! (`config/templates/acknowledgement.txt` and `rejection.txt`), with named
+//! placeholders; copies of the shipped templates are compiled in, so a
+//! missing template folder never silences the daemon. Everything copied
+//! from the request (its subject) has already been through
+//! [`crate::message::clean`] and is cleaned again here, so nothing a
+//! sender writes can create or alter a header of the reply.
+
+use std::path::Path;
+
+use mail_builder::MessageBuilder;
+use mail_builder::headers::raw::Raw;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc2822;
+
+use crate::message::clean;
+
+/// The headquarters address where the hard copy must be served.
+pub const HEADQUARTERS: &str = "    IVPN Limited\n    5 Secretary's lane\n    GX11 1AA, Gibraltar";
+
+/// The kinds of automatic reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    Acknowledgement,
+    Rejection,
+}
+
+impl ReplyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyKind::Acknowledgement => "acknowledgement",
+            ReplyKind::Rejection => "rejection",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReplyKind> {
+        match s {
+            "acknowledgement" => Some(ReplyKind::Acknowledgement),
+            "rejection" => Some(ReplyKind::Rejection),
+            _ => None,
+        }
+    }
+}
+
+/// The placeholders a template may use.
+pub const PLACEHOLDERS: [&str; 6] = [
+    "reference",
+    "agency",
+    "received",
+    "subject",
+    "headquarters",
+    "requester",
+];
+
+/// The two reply texts.
+#[derive(Debug, Clone)]
+pub struct Templates {
+    pub acknowledgement: String,
+    pub rejection: String,
+}
+
+/// A template that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {reason}")]
+pub struct TemplateError {
+    pub file: String,
+    pub reason: String,
+}
+
+impl Templates {
+    /// The templates shipped with the product.
+    pub fn builtin() -> Templates {
+        Templates {
+            acknowledgement: include_str!("../config/templates/acknowledgement.txt").to_string(),
+            rejection: include_str!("../config/templates/rejection.txt").to_string(),
+        }
+    }
+
+    /// Reads `acknowledgement.txt` and `rejection.txt` from `dir`; a file
+    /// that is absent falls back to the built-in text, a file that is
+    /// present but wrong is an error.
+    pub fn load(dir: &Path) -> Result<Templates, TemplateError> {
+        let builtin = Templates::builtin();
+        let read = |name: &str, fallback: String| -> Result<String, TemplateError> {
+            let path = dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    check(&text).map_err(|reason| TemplateError {
+                        file: path.display().to_string(),
+                        reason,
+                    })?;
+                    Ok(text)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(fallback),
+                Err(e) => Err(TemplateError {
+                    file: path.display().to_string(),
+                    reason: format!("cannot read: {e}"),
+                }),
+            }
+        };
+        Ok(Templates {
+            acknowledgement: read("acknowledgement.txt", builtin.acknowledgement)?,
+            rejection: read("rejection.txt", builtin.rejection)?,
+        })
+    }
+
+    fn get(&self, kind: ReplyKind) -> &str {
+        match kind {
+            ReplyKind::Acknowledgement => &self.acknowledgement,
+            ReplyKind::Rejection => &self.rejection,
+        }
+    }
+}
+
+/// Every `{name}` in a template must be a known placeholder; `{{` and `}}`
+/// are literal braces.
+fn check(template: &str) -> Result<(), String> {
+    if template.trim().is_empty() {
+        return Err("template is empty".into());
+    }
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        if rest[i..].starts_with("{{") {
+            rest = &rest[i + 2..];
+            continue;
+        }
+        let Some(j) = rest[i..].find('}') else {
+            return Err("unclosed `{`".into());
+        };
+        let name = &rest[i + 1..i + j];
+        if !PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "unknown placeholder `{{{name}}}`; known: {}",
+                PLACEHOLDERS.join(", ")
+            ));
+        }
+        rest = &rest[i + j + 1..];
+    }
+    Ok(())
+}
+
+/// Fills the placeholders. Values are cleaned (no control or bidi
+/// characters, bounded length) before insertion.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("{{") || tail.starts_with("}}") {
+            out.push_str(&tail[..1]);
+            rest = &tail[2..];
+        } else if let Some(j) = tail.strip_prefix('{').and_then(|t| t.find('}')) {
+            let name = &tail[1..j + 1];
+            match values.iter().find(|(k, _)| *k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&tail[..j + 2]),
+            }
+            rest = &tail[j + 2..];
+        } else {
+            out.push_str(&tail[..1]);
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Everything a reply is made of.
+#[derive(Debug, Clone)]
+pub struct Reply<'a> {
+    pub kind: ReplyKind,
+    /// The case reference, `LR-2026-0042`.
+    pub reference: &'a str,
+    pub agency: Option<&'a str>,
+    /// The configured `smtp.from` header value.
+    pub from: &'a str,
+    /// The authenticated From address of the request.
+    pub to: &'a str,
+    /// The request's subject (already sanitised once).
+    pub original_subject: Option<&'a str>,
+    /// The request's Message-ID, with brackets.
+    pub in_reply_to: Option<&'a str>,
+    /// The request's References, with brackets.
+    pub references: &'a [String],
+    /// When the request was received.
+    pub received: OffsetDateTime,
+    /// This reply's Message-ID, with brackets, recorded on the case.
+    pub message_id: &'a str,
+    /// The Date of the reply.
+    pub date: OffsetDateTime,
+}
+
+/// The longest original subject copied into a reply's subject.
+const MAX_SUBJECT: usize = 120;
+
+/// `[LR-2026-0042] Re: <original>`, without stacking `Re:` prefixes or
+/// repeating the reference.
+pub fn subject(reference: &str, original: Option<&str>) -> String {
+    let mut s = clean(original.unwrap_or(""), 998);
+    let tag = format!("[{reference}]");
+    s = s.replace(&tag, " ");
+    let mut s = s.trim();
+    loop {
+        let lower = s.to_ascii_lowercase();
+        // "Re:" and its German and Scandinavian forms, stacked by clients.
+        if ["re:", "aw:", "sv:"].iter().any(|p| lower.starts_with(p)) {
+            s = s[3..].trim_start();
+        } else {
+            break;
+        }
+    }
+    let mut s = clean(s, MAX_SUBJECT);
+    if s.is_empty() {
+        s = "(no subject)".to_string();
+    }
+    format!("{tag} Re: {s}")
+}
+
+/// The message, CRLF-terminated, ready to be DKIM-signed and sent.
+pub fn render(templates: &Templates, r: &Reply<'_>) -> Vec<u8> {
+    let received = r.received.format(&Rfc2822).unwrap_or_default();
+    let original = clean(r.original_subject.unwrap_or("(no subject)"), MAX_SUBJECT);
+    let agency = clean(r.agency.unwrap_or("Sir or Madam"), 200);
+    let body = fill(
+        templates.get(r.kind),
+        &[
+            ("reference", r.reference),
+            ("agency", &agency),
+            ("received", &received),
+            ("subject", &original),
+            ("headquarters", HEADQUARTERS),
+            ("requester", &clean(r.to, 320)),
+        ],
+    );
+    let mut refs: Vec<String> = r.references.iter().map(|id| clean(id, 998)).collect();
+    if let Some(id) = r.in_reply_to {
+        let id = clean(id, 998);
+        if !refs.contains(&id) {
+            refs.push(id);
+        }
+    }
+    // Message-ID values are written raw (with their brackets, already
+    // clean) so that mail-builder cannot re-wrap or re-quote them.
+    let mut builder = MessageBuilder::new()
+        .from(parse_from(r.from))
+        .to(clean(r.to, 320))
+        .subject(subject(r.reference, r.original_subject))
+        .date(r.date.unix_timestamp())
+        .header("Message-ID", Raw::new(r.message_id.to_string()))
+        .header("Auto-Submitted", Raw::new("auto-replied"))
+        .header("X-Auto-Response-Suppress", Raw::new("All"))
+        .text_body(body.replace("\r\n", "\n"));
+    if let Some(id) = r.in_reply_to {
+        builder = builder.header("In-Reply-To", Raw::new(clean(id, 998)));
+    }
+    if !refs.is_empty() {
+        builder = builder.header("References", Raw::new(refs.join(" ")));
+    }
+    builder.write_to_vec().unwrap_or_default()
+}
+
+/// `Name <address>` or a bare address from the configuration.
+fn parse_from(from: &str) -> mail_builder::headers::address::Address<'static> {
+    let from = clean(from, 320);
+    match (from.rfind('<'), from.rfind('>')) {
+        (Some(l), Some(r)) if l < r => {
+            let name = from[..l].trim().trim_matches('"').to_string();
+            let addr = from[l + 1..r].trim().to_string();
+            if name.is_empty() {
+                mail_builder::headers::address::Address::new_address(None::<String>, addr)
+            } else {
+                mail_builder::headers::address::Address::new_address(Some(name), addr)
+            }
+        }
+        _ => mail_builder::headers::address::Address::new_address(None::<String>, from),
+    }
+}
+
+/// A fresh Message-ID for a reply: the case reference, random bits and the
+/// sender domain, so answers thread back to the case.
+pub fn new_message_id(reference: &str, domain: &str, random: u128) -> String {
+    format!("<{reference}.{random:032x}@{domain}>")
+}
+
+/// Parses a reply's bytes the way a recipient would, for tests and checks.
+pub fn header_date(date: OffsetDateTime) -> String {
+    date.format(&Rfc2822).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn reply<'a>(kind: ReplyKind, subject: Option<&'a str>, refs: &'a [String]) -> Reply<'a> {
+        Reply {
+            kind,
+            reference: "LR-2026-0042",
+            agency: Some("Royal Gibraltar Police"),
+            from: "IVPN Legal <legal@ivpn.net>",
+            to: "j.bosano@police.gi",
+            original_subject: subject,
+            in_reply_to: Some("<req-1@police.gi>"),
+            references: refs,
+            received: datetime!(2026-11-02 10:00:00 UTC),
+            message_id: "<LR-2026-0042.0000000000000000000000000000abcd@ivpn.net>",
+            date: datetime!(2026-11-02 10:00:05 UTC),
+        }
+    }
+
+    fn text(kind: ReplyKind, subject: Option<&str>) -> String {
+        String::from_utf8(render(&Templates::builtin(), &reply(kind, subject, &[]))).unwrap()
+    }
+
+    #[test]
+    fn subjects() {
+        for (original, expected) in [
+            (Some("Search warrant"), "[LR-2026-0042] Re: Search warrant"),
+            (
+                Some("Re: RE: Search warrant"),
+                "[LR-2026-0042] Re: Search warrant",
+            ),
+            (
+                Some("Re: [LR-2026-0042] Re: Order"),
+                "[LR-2026-0042] Re: Order",
+            ),
+            (None, "[LR-2026-0042] Re: (no subject)"),
+            (
+                Some("a\r\nBcc: victim@example.org"),
+                "[LR-2026-0042] Re: a Bcc: victim@example.org",
+            ),
+            (Some("\u{202E}gpj.exe"), "[LR-2026-0042] Re: gpj.exe"),
+        ] {
+            assert_eq!(subject("LR-2026-0042", original), expected);
+        }
+        assert!(subject("LR-2026-0042", Some(&"x".repeat(500))).len() < 150);
+    }
+
+    #[test]
+    fn acknowledgement_says_what_it_must() {
+        let t = text(
+            ReplyKind::Acknowledgement,
+            Some("Search warrant RGP/2026/0117"),
+        );
+        for needle in [
+            "Auto-Submitted: auto-replied\r\n",
+            "X-Auto-Response-Suppress: All\r\n",
+            "In-Reply-To: <req-1@police.gi>\r\n",
+            "References: <req-1@police.gi>\r\n",
+            "Message-ID: <LR-2026-0042.0000000000000000000000000000abcd@ivpn.net>\r\n",
+            "Subject: [LR-2026-0042] Re: Search warrant RGP/2026/0117\r\n",
+            "To: <j.bosano@police.gi>\r\n",
+        ] {
+            assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+        }
+        let flat = t.replace("=\r\n", "").replace("\r\n", " ");
+        for needle in [
+            "not acceptance of service",
+            "5 Secretary's lane",
+            "GX11 1AA",
+            "will review",
+            "no connection logs",
+            "LR-2026-0042",
+        ] {
+            assert!(flat.contains(needle), "missing {needle:?}");
+        }
+        assert!(!flat.to_lowercase().contains("will disclose"));
+    }
+
+    #[test]
+    fn injected_subject_creates_no_header() {
+        let t = text(
+            ReplyKind::Rejection,
+            Some("hello\r\nBcc: victim@example.org\r\nX-Evil: 1"),
+        );
+        let headers = &t[..t.find("\r\n\r\n").unwrap()];
+        assert!(
+            !headers
+                .lines()
+                .any(|l| l.starts_with("Bcc:") || l.starts_with("X-Evil:")),
+            "{headers}"
+        );
+    }
+
+    #[test]
+    fn templates_are_checked() {
+        assert!(check("Dear {agency}, ref {reference} {{literal}}").is_ok());
+        assert!(
+            check("Dear {agnecy}")
+                .unwrap_err()
+                .contains("unknown placeholder")
+        );
+        assert!(check("Dear {agency").is_err());
+        assert!(check("  ").is_err());
+        assert_eq!(
+            fill("a {reference} {{b}} {x}", &[("reference", "R")]),
+            "a R {b} {x}"
+        );
+    }
+}
