@@ -169,7 +169,7 @@ pub async fn run(
         for (name, outcome) in names.into_iter().zip(outcomes) {
             match outcome {
                 Ok(outcome) => {
-                    log(&outcome);
+                    crate::pipeline::log_outcome(None, &outcome, None);
                     let line = Line {
                         file: name,
                         new: matches!(outcome.filing, Filing::New),
@@ -196,18 +196,4 @@ pub async fn run(
     }
     stdout.flush()?;
     Ok(all_ok)
-}
-
-/// The INFO line of SPEC.md "Logs".
-fn log(o: &Outcome) {
-    tracing::info!(
-        uid = "-",
-        case = %o.case.map_or_else(|| "-".to_string(), |c| c.to_string()),
-        from = %o.from.as_deref().unwrap_or("-"),
-        decision = %o.decision,
-        reply = %o.reply.map_or("none", |k| k.as_str()),
-        filing = o.filing.as_str(),
-        reason = ?o.reason,
-        "message"
-    );
 }

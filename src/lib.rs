@@ -26,6 +26,7 @@
 //! - [`ingest`]: the `ingest` command: concurrent judging, batched filing.
 //! - [`cases`]: the legal team's `cases list|show|set-status|set` commands.
 //! - [`export`]: `cases export`, the evidence bundle with its manifest.
+//! - [`daemon`]: `run`: passes over the mailbox, IDLE, reconnection, signals, systemd.
 //! - [`imap`]: the IMAP edge: connect, IDLE/poll, fetch, move.
 //! - [`reply`]: a queued reply rendered from its template, pure.
 
@@ -35,6 +36,7 @@ pub mod case;
 pub mod cases;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod decide;
 pub mod domain;
 pub mod export;

@@ -29,6 +29,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The daemon: watch the mailbox (IMAP IDLE, polling as fallback), file,
+    /// reply and move; SIGTERM finishes the batch in hand and exits 0.
+    Run {
+        /// One full pass over the mailbox (deferred messages judged again),
+        /// then exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Judge messages from files exactly as the daemon would, writing nothing.
     Verify {
         /// Print one JSON document (an object for one file, an array for several).
@@ -238,6 +246,17 @@ fn run(cli: Cli) -> Result<bool, Failure> {
             let config = load(&cli.config)?;
             println!("{}", config.summary());
             Ok(true)
+        }
+        Command::Run { once } => {
+            let config = load(&cli.config)?;
+            let clock = clock()?;
+            let rt = runtime()?;
+            Ok(rt.block_on(legal_intake::daemon::run(
+                cli.config.clone(),
+                config,
+                clock,
+                once,
+            ))?)
         }
         Command::Verify { json, files } => {
             let config = load(&cli.config)?;

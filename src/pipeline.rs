@@ -504,3 +504,20 @@ fn verdict_event(message_id: i64, v: &Verdict, evidence: &Evidence, evidence_jso
         "evidence_sha256": sha256_hex(evidence_json.as_bytes()),
     })
 }
+
+/// The one INFO line per message that administrators grep the journal
+/// for, with stable `key=value` fields (README, "Logs"). `uid` is the IMAP
+/// UID (`-` for `ingest`), `ms` the time from fetch to commit.
+pub fn log_outcome(uid: Option<u32>, o: &Outcome, ms: Option<f64>) {
+    tracing::info!(
+        uid = %uid.map_or_else(|| "-".to_string(), |u| u.to_string()),
+        case = %o.case.map_or_else(|| "-".to_string(), |c| c.to_string()),
+        from = %o.from.as_deref().unwrap_or("-"),
+        decision = %o.decision,
+        reply = %o.reply.map_or("none", |k| k.as_str()),
+        filing = o.filing.as_str(),
+        ms = %ms.map_or_else(|| "-".to_string(), |m| format!("{m:.0}")),
+        reason = ?o.reason,
+        "message"
+    );
+}

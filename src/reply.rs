@@ -15,34 +15,11 @@ use mail_builder::headers::raw::Raw;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
+pub use crate::case::ReplyKind;
 use crate::message::clean;
 
 /// The headquarters address where the hard copy must be served.
 pub const HEADQUARTERS: &str = "    IVPN Limited\n    5 Secretary's lane\n    GX11 1AA, Gibraltar";
-
-/// The kinds of automatic reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyKind {
-    Acknowledgement,
-    Rejection,
-}
-
-impl ReplyKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReplyKind::Acknowledgement => "acknowledgement",
-            ReplyKind::Rejection => "rejection",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<ReplyKind> {
-        match s {
-            "acknowledgement" => Some(ReplyKind::Acknowledgement),
-            "rejection" => Some(ReplyKind::Rejection),
-            _ => None,
-        }
-    }
-}
 
 /// The placeholders a template may use.
 pub const PLACEHOLDERS: [&str; 6] = [

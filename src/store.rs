@@ -198,16 +198,16 @@ impl Store {
     fn configure(&self) -> rusqlite::Result<()> {
         self.conn.busy_timeout(BUSY_TIMEOUT)?;
         // Switching to WAL needs a moment of exclusive access; when several
-        // processes open a new file at once, the losers retry.
-        let mut tries = 0;
+        // processes open a new file at once, the losers retry, for as long
+        // as any other statement would wait for a lock.
+        let started = std::time::Instant::now();
         loop {
             match self
                 .conn
                 .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
             {
                 Ok(_) => break,
-                Err(e) if is_busy(&e) && tries < 200 => {
-                    tries += 1;
+                Err(e) if is_busy(&e) && started.elapsed() < BUSY_TIMEOUT => {
                     std::thread::sleep(Duration::from_millis(25));
                 }
                 Err(e) => return Err(e),

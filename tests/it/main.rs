@@ -1,6 +1,7 @@
 //! Integration tests: the real binary against real servers on 127.0.0.1.
 
 mod cases;
+mod daemon;
 mod dovecot;
 mod imap;
 mod robustness;

@@ -105,16 +105,23 @@ impl Install {
 
     /// Full control over the `[auth]`/`[limits]` bodies.
     pub fn with(dns: SocketAddr, auth_extra: &str, extra: &str) -> Install {
+        Self::full(
+            dns,
+            "[imap]\nhost = \"127.0.0.1\"\ntls = \"none\"\nusername = \"legal@ivpn.net\"\npassword_file = \"imap.password\"\n",
+            auth_extra,
+            extra,
+        )
+    }
+
+    /// An installation watching a real IMAP server: `imap` is the whole
+    /// `[imap]` section (see `Dovecot::imap_config`).
+    pub fn full(dns: SocketAddr, imap: &str, auth_extra: &str, extra: &str) -> Install {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.toml");
         std::fs::write(
             &config,
             format!(
-                r#"[imap]
-host = "127.0.0.1"
-tls = "none"
-username = "legal@ivpn.net"
-password_file = "imap.password"
+                r#"{imap}
 
 [smtp]
 host = "127.0.0.1"

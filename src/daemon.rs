@@ -1,0 +1,524 @@
+//! The daemon loop: `run` and `run --once`.
+//!
+//! ```text
+//! connect ─▶ pass ─▶ (once: exit) ─▶ IDLE / poll ─▶ pass ─▶ …
+//!    ▲                                   │ error
+//!    └──────── backoff with jitter ◀─────┘
+//! ```
+//!
+//! A pass fetches every message in the watched mailbox (`BODY.PEEK[]`, in
+//! small batches), judges the ones not yet filed, files each batch in one
+//! transaction, and only then moves the batch's messages out: filed ones
+//! to `processed_mailbox` or `quarantine_mailbox`, deferred ones nowhere.
+//! Messages are recognised by the SHA-256 of their bytes, not by UID, so a
+//! crash between commit and move, a redelivered copy or a UIDVALIDITY
+//! change only ever leads to a move, never to a second filing.
+//!
+//! Shutdown (SIGTERM, SIGINT) is a cancellation token that is looked at
+//! between batches and while waiting, never in the middle of filing: the
+//! batch in hand is filed and moved, then the daemon exits 0. SIGHUP
+//! re-reads the configuration and keeps the old one when the new one is
+//! invalid.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::decide::Decision;
+use crate::imap::{self, Capability, IdleOutcome, ImapError, Session};
+use crate::judge::Judge;
+use crate::pipeline::{Filer, Filing, Prepared, log_outcome};
+use crate::store::Store;
+use crate::triage::Triage;
+
+/// Messages fetched, judged and filed together: small enough that a
+/// shutdown waits for little and memory stays bounded, large enough that
+/// the commit's fsync is shared.
+const BATCH: usize = 16;
+
+/// IDLE is re-issued this often (RFC 2177 asks for less than 29 minutes).
+const IDLE_REISSUE: Duration = Duration::from_secs(600);
+
+/// Reconnection backoff: from 1 s doubling to 5 minutes.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Everything a pass needs that is derived from the configuration; rebuilt
+/// on SIGHUP.
+struct Setup {
+    config: Config,
+    judge: Judge,
+    triage: Arc<Triage>,
+    filer: Arc<Filer>,
+}
+
+impl Setup {
+    fn new(config: Config) -> anyhow::Result<Setup> {
+        Ok(Setup {
+            judge: Judge::new(&config)?,
+            triage: Arc::new(Triage::new(&config.triage.account_patterns)),
+            filer: Arc::new(Filer::new(&config)),
+            config,
+        })
+    }
+}
+
+/// What one pass did, for the status line and the log.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    filed: u32,
+    deferred: u32,
+    moved: u32,
+    skipped: u32,
+}
+
+/// The daemon's state across connections.
+struct Daemon {
+    setup: Setup,
+    config_path: PathBuf,
+    store: Arc<Mutex<Store>>,
+    clock: Clock,
+    cancel: CancellationToken,
+    /// Deferred messages are retried with their own backoff, so that a
+    /// burst of new mail during a DNS outage does not use up their tries.
+    retry_after: HashMap<String, (Instant, u32)>,
+    /// The UIDVALIDITY seen last, to log a change once.
+    uid_validity: Option<u32>,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT (or, with `once`, for one pass).
+/// Returns `Ok(true)` on a clean finish, `Ok(false)` when `--once` could
+/// not complete its pass.
+pub async fn run(
+    config_path: PathBuf,
+    config: Config,
+    clock: Clock,
+    once: bool,
+) -> anyhow::Result<bool> {
+    let path = config.store.database.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&path))
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot open the case log {}",
+                config.store.database.display()
+            )
+        })?;
+    let cancel = CancellationToken::new();
+    let hup = spawn_signal_handlers(cancel.clone())?;
+    let mut daemon = Daemon {
+        setup: Setup::new(config)?,
+        config_path,
+        store: Arc::new(Mutex::new(store)),
+        clock,
+        cancel: cancel.clone(),
+        retry_after: HashMap::new(),
+        uid_validity: None,
+    };
+    notify(&[sd_notify::NotifyState::Ready]);
+    let result = if once {
+        daemon.once().await
+    } else {
+        daemon.forever(hup).await
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
+    result
+}
+
+impl Daemon {
+    async fn once(&mut self) -> anyhow::Result<bool> {
+        let mut session = match imap::connect(&self.setup.config.imap).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot connect to the IMAP server");
+                return Ok(false);
+            }
+        };
+        let outcome = self.pass(&mut session, true).await;
+        let _ = session.logout().await;
+        match outcome {
+            Ok(t) => {
+                tracing::info!(
+                    filed = t.filed,
+                    deferred = t.deferred,
+                    moved = t.moved,
+                    "pass complete"
+                );
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the pass did not complete");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn forever(&mut self, mut hup: tokio::sync::mpsc::Receiver<()>) -> anyhow::Result<bool> {
+        let mut backoff = BACKOFF_MIN;
+        // The last error logged, so that a server that stays down is
+        // reported once per change of state, not once per retry.
+        let mut last_error: Option<String> = None;
+        let watchdog = sd_notify::watchdog_enabled();
+        while !self.cancel.is_cancelled() {
+            self.reload_if_asked(&mut hup);
+            let session = tokio::select! {
+                s = imap::connect(&self.setup.config.imap) => s,
+                () = self.cancel.cancelled() => break,
+            };
+            let mut session = match session {
+                Ok(s) => {
+                    if last_error.take().is_some() {
+                        tracing::info!(host = %self.setup.config.imap.host, "connected to the IMAP server again");
+                    }
+                    s
+                }
+                Err(e) => {
+                    self.failed(&e, &mut last_error);
+                    self.sleep(retry_delay(&e, &mut backoff)).await;
+                    continue;
+                }
+            };
+            match self.serve(&mut session, &mut hup, watchdog).await {
+                Ok(()) => {
+                    let _ = session.logout().await;
+                    break;
+                }
+                Err(e) => {
+                    self.failed(&e, &mut last_error);
+                    self.sleep(retry_delay(&e, &mut backoff)).await;
+                }
+            }
+            if last_error.is_none() {
+                backoff = BACKOFF_MIN;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Passes and waits on one connection until it breaks or shutdown.
+    async fn serve(
+        &mut self,
+        session: &mut Session,
+        hup: &mut tokio::sync::mpsc::Receiver<()>,
+        watchdog: Option<Duration>,
+    ) -> Result<(), ImapError> {
+        loop {
+            let started = Instant::now();
+            let t = self.pass(session, false).await?;
+            status(&format!(
+                "last pass {}: {} filed, {} deferred, {} moved, {} waiting to retry ({} ms)",
+                crate::clock::stamp(self.clock.now()),
+                t.filed,
+                t.deferred,
+                t.moved,
+                t.skipped,
+                started.elapsed().as_millis()
+            ));
+            if t.filed + t.deferred + t.moved > 0 {
+                tracing::info!(
+                    filed = t.filed,
+                    deferred = t.deferred,
+                    moved = t.moved,
+                    "pass complete"
+                );
+            }
+            // Wait for news: IDLE where the server has it, else poll. The
+            // wait is cut into watchdog-sized pieces so the main loop
+            // itself proves it is alive.
+            let total = if session.has(Capability::Idle) {
+                IDLE_REISSUE
+            } else {
+                self.setup.config.imap.poll_interval
+            };
+            let deadline = Instant::now() + total;
+            loop {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+                if self.cancel.is_cancelled() {
+                    return Ok(());
+                }
+                if self.reload_if_asked(hup) {
+                    break;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let piece = watchdog.map_or(left, |w| left.min(w / 3));
+                match session.idle(piece, &self.cancel).await? {
+                    IdleOutcome::NewData => break,
+                    IdleOutcome::Cancelled => return Ok(()),
+                    IdleOutcome::Timeout => {}
+                }
+                if !session.has(Capability::Idle) && Instant::now() >= deadline {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One pass over the watched mailbox.
+    async fn pass(&mut self, session: &mut Session, once: bool) -> Result<Tally, ImapError> {
+        let imap_cfg = self.setup.config.imap.clone();
+        session.ensure_mailbox(&imap_cfg.processed_mailbox).await?;
+        session.ensure_mailbox(&imap_cfg.quarantine_mailbox).await?;
+        let selected = session.select(&imap_cfg.mailbox).await?;
+        if self
+            .uid_validity
+            .is_some_and(|v| v != selected.uid_validity)
+        {
+            tracing::warn!(
+                mailbox = %imap_cfg.mailbox,
+                old = self.uid_validity,
+                new = selected.uid_validity,
+                "UIDVALIDITY changed: messages are matched by content, nothing is filed twice"
+            );
+        }
+        self.uid_validity = Some(selected.uid_validity);
+        let mut tally = Tally::default();
+        let uids = session.uids().await?;
+        for chunk in uids.chunks(BATCH) {
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            let fetched = session.fetch(chunk).await?;
+            let started = Instant::now();
+            let mut moves: Vec<(u32, &str)> = Vec::new();
+            let mut examine = Vec::new();
+            for (uid, raw) in fetched {
+                let sha = hex::encode(Sha256::digest(&raw));
+                let filed = self
+                    .with_store(move |s| s.read().filed(&sha).map(|f| (sha, f)))
+                    .await;
+                let (sha, filed) = filed.map_err(store_failure)?;
+                if let Some(f) = filed {
+                    // Filed before (a crash before the move, a redelivery):
+                    // only the move is left to do.
+                    moves.push((uid, folder(&imap_cfg, &f.decision)));
+                    continue;
+                }
+                if !once
+                    && self
+                        .retry_after
+                        .get(&sha)
+                        .is_some_and(|(at, _)| Instant::now() < *at)
+                {
+                    tally.skipped += 1;
+                    continue;
+                }
+                let (judge, triage) = (self.setup.judge.clone(), self.setup.triage.clone());
+                examine.push((
+                    uid,
+                    tokio::spawn(async move {
+                        Prepared::examine(&judge, &triage, format!("imap:{uid}"), raw).await
+                    }),
+                ));
+            }
+            let mut uids_examined = Vec::new();
+            let mut items = Vec::new();
+            for (uid, task) in examine {
+                match task.await {
+                    Ok(p) => {
+                        uids_examined.push(uid);
+                        items.push(p);
+                    }
+                    Err(e) => tracing::error!(uid, error = %e, "examining a message failed"),
+                }
+            }
+            if !items.is_empty() {
+                let filer = self.setup.filer.clone();
+                let clock = self.clock;
+                let outcomes = self
+                    .with_store(move |s| filer.file_batch(s, &items, clock))
+                    .await
+                    .map_err(store_failure)?;
+                let ms = started.elapsed().as_secs_f64() * 1000.0;
+                for (uid, outcome) in uids_examined.into_iter().zip(outcomes) {
+                    let outcome = match outcome {
+                        Ok(o) => o,
+                        Err(e) => {
+                            tracing::error!(uid, error = %format!("{e:#}"), "filing a message failed; it stays in the mailbox");
+                            continue;
+                        }
+                    };
+                    log_outcome(Some(uid), &outcome, Some(ms));
+                    match outcome.filing {
+                        Filing::Deferred => {
+                            tally.deferred += 1;
+                            let tries = outcome.deferrals.unwrap_or(1);
+                            // 1, 2, 4 … minutes, at most an hour.
+                            let wait = Duration::from_secs(60 << tries.saturating_sub(1).min(6))
+                                .min(Duration::from_secs(3600));
+                            self.retry_after
+                                .insert(outcome.sha256.clone(), (Instant::now() + wait, tries));
+                        }
+                        Filing::New | Filing::Duplicate => {
+                            if matches!(outcome.filing, Filing::New) {
+                                tally.filed += 1;
+                            }
+                            self.retry_after.remove(&outcome.sha256);
+                            moves.push((uid, folder(&imap_cfg, &outcome.decision)));
+                        }
+                    }
+                }
+            }
+            // Only now, with the batch committed, do messages leave.
+            for (uid, to) in moves {
+                match session.move_uid(uid, to).await? {
+                    imap::MoveOutcome::FlaggedInPlace => tracing::warn!(
+                        uid,
+                        to,
+                        "the server has neither MOVE nor UIDPLUS: the message was copied and flagged, not removed"
+                    ),
+                    _ => tally.moved += 1,
+                }
+            }
+        }
+        Ok(tally)
+    }
+
+    /// Runs a store operation on a blocking thread.
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = store
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the case log lock is poisoned"))?;
+            f(&mut s)
+        })
+        .await?
+    }
+
+    fn failed(&self, e: &ImapError, last: &mut Option<String>) {
+        let text = e.to_string();
+        if last.as_deref() != Some(text.as_str()) {
+            if e.is_transient() {
+                tracing::warn!(host = %self.setup.config.imap.host, error = %text, "IMAP connection failed; retrying with backoff");
+            } else {
+                tracing::error!(host = %self.setup.config.imap.host, error = %text, "IMAP server refused us; an operator must act; retrying slowly");
+            }
+            status(&format!("IMAP: {text}"));
+            *last = Some(text);
+        }
+    }
+
+    async fn sleep(&self, d: Duration) {
+        tokio::select! {
+            () = tokio::time::sleep(d) => {}
+            () = self.cancel.cancelled() => {}
+        }
+    }
+
+    /// Applies a pending SIGHUP: re-reads and validates the configuration,
+    /// keeping the old one when the new one is invalid. True when the
+    /// configuration changed.
+    fn reload_if_asked(&mut self, hup: &mut tokio::sync::mpsc::Receiver<()>) -> bool {
+        if hup.try_recv().is_err() {
+            return false;
+        }
+        while hup.try_recv().is_ok() {}
+        notify(&[sd_notify::NotifyState::Reloading, monotonic_usec()]);
+        let result = Config::load(&self.config_path)
+            .map_err(anyhow::Error::from)
+            .and_then(|c| {
+                if c.store.database != self.setup.config.store.database {
+                    anyhow::bail!("store.database cannot change without a restart");
+                }
+                Setup::new(c)
+            });
+        let changed = match result {
+            Ok(setup) => {
+                self.setup = setup;
+                tracing::info!(config = %self.config_path.display(), "configuration reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "new configuration refused; keeping the old one");
+                false
+            }
+        };
+        notify(&[sd_notify::NotifyState::Ready]);
+        changed
+    }
+}
+
+/// The folder a decision's message goes to.
+fn folder<'a>(cfg: &'a crate::config::Imap, decision: &str) -> &'a str {
+    if decision == Decision::Quarantine.as_str() {
+        &cfg.quarantine_mailbox
+    } else {
+        &cfg.processed_mailbox
+    }
+}
+
+/// A case log failure ends the pass like a broken connection: nothing is
+/// moved, and the next pass starts again from the mailbox.
+fn store_failure(e: anyhow::Error) -> ImapError {
+    ImapError::Transient(format!("case log: {e:#}"))
+}
+
+/// Exponential backoff with jitter; fatal errors wait the longest.
+fn retry_delay(e: &ImapError, backoff: &mut Duration) -> Duration {
+    let base = if e.is_transient() {
+        *backoff
+    } else {
+        BACKOFF_MAX
+    };
+    *backoff = (*backoff * 2).min(BACKOFF_MAX);
+    // Up to a quarter more, from the clock's nanoseconds: enough to keep
+    // several instances from reconnecting in step.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+/// SIGTERM and SIGINT cancel; SIGHUP is queued for the main loop.
+fn spawn_signal_handlers(
+    cancel: CancellationToken,
+) -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing the batch in hand, then exiting"),
+            _ = int.recv() => tracing::info!("SIGINT: finishing the batch in hand, then exiting"),
+        }
+        token.cancel();
+    });
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = tx.try_send(());
+            // Wake a waiting IDLE so the reload happens promptly.
+        }
+    });
+    Ok(rx)
+}
+
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+fn status(text: &str) {
+    notify(&[sd_notify::NotifyState::Status(text)]);
+}
+
+/// systemd 253+ wants MONOTONIC_USEC with RELOADING=1.
+fn monotonic_usec() -> sd_notify::NotifyState<'static> {
+    sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Ready)
+}

@@ -1,0 +1,538 @@
+//! `run` and `run --once` against a real Dovecot: folders, the case log,
+//! crashes, dropped connections, UIDVALIDITY changes, IDLE and signals.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use crate::dovecot::Dovecot;
+use crate::support::*;
+
+/// An installation watching `dovecot`; `imap_extra` goes into `[imap]`.
+fn install(dovecot: &Dovecot, imap_extra: &str, extra: &str) -> Install {
+    Install::full(
+        world().dns_addr(),
+        &dovecot.imap_config(imap_extra),
+        "",
+        extra,
+    )
+}
+
+fn police_request(subject: &str) -> Vec<u8> {
+    let w = world();
+    from_police_server(&signed(
+        &request("Detective Inspector <officer@police.gi>", subject),
+        &w.keys.police,
+        "police.gi",
+        "s2026",
+    ))
+}
+
+/// The four kinds of mail the daemon sorts.
+fn mixed() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let w = world();
+    let foreign = delivered(
+        &signed(
+            &request("ermittler@bka.de", "Auskunftsersuchen"),
+            &w.keys.other,
+            "bka.de",
+            "sel",
+        ),
+        "mail.bka.de",
+        STRANGER_IP,
+        "<ermittler@bka.de>",
+    );
+    let forged = delivered(
+        &request("officer@police.gi", "URGENT"),
+        "mail.example",
+        STRANGER_IP,
+        "<officer@police.gi>",
+    );
+    let auto = testkit::mail::with_header(
+        &police_request("Out of office"),
+        "Auto-Submitted",
+        "auto-replied",
+    );
+    vec![
+        ("genuine", police_request("Production order"), "Processed"),
+        ("foreign", foreign, "Processed"),
+        ("forged", forged, "Quarantine"),
+        ("auto_reply", auto, "Processed"),
+    ]
+}
+
+fn db(install: &Install) -> Connection {
+    Connection::open(install.dir.path().join("cases.sqlite")).unwrap()
+}
+
+fn count(install: &Install, sql: &str) -> i64 {
+    db(install).query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    v.sort();
+    v
+}
+
+fn spawn_daemon(install: &Install, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_legal-intake"))
+        .arg("--config")
+        .arg(&install.config)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// Waits for `cond`, failing the test after `limit` (a guard against a
+/// hang, not a speed target).
+fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn audit_ok(install: &Install) {
+    let out = install.run(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "audit verify: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn a_mixed_batch_lands_in_the_right_folders_and_a_second_pass_changes_nothing() {
+    let dovecot = Dovecot::start();
+    let install = install(&dovecot, "", "");
+    let mail = mixed();
+    for (_, raw, _) in &mail {
+        dovecot.append("INBOX", raw);
+    }
+    let out = install.run(&["run", "--once"]);
+    let log = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{log}");
+
+    assert!(dovecot.messages("INBOX").is_empty());
+    let expect = |folder: &str| {
+        sorted(
+            mail.iter()
+                .filter(|m| m.2 == folder)
+                .map(|m| m.1.clone())
+                .collect(),
+        )
+    };
+    assert_eq!(
+        sorted(dovecot.messages("Processed")),
+        expect("Processed"),
+        "byte-identical in Processed"
+    );
+    assert_eq!(sorted(dovecot.messages("Quarantine")), expect("Quarantine"));
+
+    assert_eq!(count(&install, "SELECT count(*) FROM messages"), 4);
+    assert_eq!(count(&install, "SELECT count(*) FROM cases"), 4);
+    assert_eq!(
+        count(
+            &install,
+            "SELECT count(*) FROM outbox WHERE kind = 'acknowledgement'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &install,
+            "SELECT count(*) FROM outbox WHERE kind = 'rejection'"
+        ),
+        1
+    );
+    // One INFO line per message with the stable fields.
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" message ") || l.contains("message uid="))
+        .collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    for l in &lines {
+        for key in [
+            "uid=",
+            "case=LR-",
+            "from=",
+            "decision=",
+            "reply=",
+            "reason=",
+            "ms=",
+        ] {
+            assert!(l.contains(key), "{key} missing in {l}");
+        }
+    }
+    assert!(log.contains("decision=quarantine"));
+    assert!(
+        !log.contains("Dear IVPN Legal"),
+        "bodies never reach the log"
+    );
+
+    let events = count(&install, "SELECT count(*) FROM events");
+    let again = install.run(&["run", "--once"]);
+    assert!(again.status.success());
+    assert_eq!(
+        count(&install, "SELECT count(*) FROM events"),
+        events,
+        "a second pass writes nothing"
+    );
+    assert_eq!(dovecot.messages("Processed").len(), 3);
+    assert_eq!(dovecot.messages("Quarantine").len(), 1);
+    audit_ok(&install);
+}
+
+#[test]
+fn deferred_messages_stay_until_their_tries_run_out() {
+    let w = world();
+    let dovecot = Dovecot::start();
+    let install = install(&dovecot, "", "[limits]\ndefer_max_tries = 2\n");
+    let raw = delivered(
+        &signed(
+            &request("officer@police.gi", "Order"),
+            &w.keys.police,
+            "police.gi",
+            "slow",
+        ),
+        "gw.example",
+        STRANGER_IP,
+        "<officer@police.gi>",
+    );
+    dovecot.append("INBOX", &raw);
+    let first = install.run(&["run", "--once"]);
+    assert!(first.status.success());
+    assert!(String::from_utf8_lossy(&first.stderr).contains("decision=defer"));
+    assert_eq!(
+        dovecot.messages("INBOX"),
+        vec![raw.clone()],
+        "a deferred message stays in the inbox"
+    );
+    assert_eq!(count(&install, "SELECT count(*) FROM messages"), 0);
+
+    let second = install.run(&["run", "--once"]);
+    assert!(second.status.success());
+    assert!(dovecot.messages("INBOX").is_empty());
+    assert_eq!(dovecot.messages("Quarantine"), vec![raw]);
+    let reason: String = db(&install)
+        .query_row("SELECT reason FROM verdicts", [], |r| r.get(0))
+        .unwrap();
+    assert!(reason.contains("defer_max_tries"), "{reason}");
+}
+
+#[test]
+fn a_uidvalidity_change_and_redelivered_copies_refile_nothing() {
+    let dovecot = Dovecot::start();
+    dovecot.create_mailbox("legal");
+    let install = install(&dovecot, "mailbox = \"legal\"\n", "");
+    let old: Vec<Vec<u8>> = (0..3)
+        .map(|i| police_request(&format!("Old {i}")))
+        .collect();
+    for raw in &old {
+        dovecot.append("legal", raw);
+    }
+    assert!(install.run(&["run", "--once"]).status.success());
+    assert_eq!(count(&install, "SELECT count(*) FROM messages"), 3);
+    let events = count(&install, "SELECT count(*) FROM events");
+
+    // The mailbox is recreated (a new UIDVALIDITY) and holds the old
+    // messages again next to a new one.
+    dovecot.delete_mailbox("legal");
+    dovecot.create_mailbox("legal");
+    for raw in &old {
+        dovecot.append("legal", raw);
+    }
+    let new = police_request("New");
+    dovecot.append("legal", &new);
+    assert!(install.run(&["run", "--once"]).status.success());
+
+    assert_eq!(
+        count(&install, "SELECT count(*) FROM messages"),
+        4,
+        "only the new message is filed"
+    );
+    assert!(count(&install, "SELECT count(*) FROM events") > events);
+    assert!(
+        dovecot.messages("legal").is_empty(),
+        "old copies are moved out too"
+    );
+    assert_eq!(
+        dovecot
+            .messages("Processed")
+            .iter()
+            .filter(|m| **m == new)
+            .count(),
+        1
+    );
+    audit_ok(&install);
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
+    let dovecot = Dovecot::start();
+    let install = install(&dovecot, "", "");
+    let mail: Vec<Vec<u8>> = (0..40)
+        .map(|i| police_request(&format!("Request {i}")))
+        .collect();
+    for raw in &mail {
+        dovecot.append("INBOX", raw);
+    }
+    // A fixed sequence of pseudo-random delays, so a failure reproduces.
+    let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+    for _ in 0..12 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = spawn_daemon(&install, &["run", "--once"]);
+        thread::sleep(Duration::from_millis(40 + seed % 400));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let last = install.run(&["run", "--once"]);
+    assert!(
+        last.status.success(),
+        "{}",
+        String::from_utf8_lossy(&last.stderr)
+    );
+
+    assert!(dovecot.messages("INBOX").is_empty());
+    assert_eq!(
+        sorted(dovecot.messages("Processed")),
+        sorted(mail.clone()),
+        "every message moved exactly once"
+    );
+    assert_eq!(
+        count(&install, "SELECT count(*) FROM messages"),
+        40,
+        "every message filed exactly once"
+    );
+    assert_eq!(
+        count(&install, "SELECT count(DISTINCT sha256) FROM messages"),
+        40
+    );
+    // One sender: the per-sender daily cap (10) holds across the crashes.
+    assert_eq!(count(&install, "SELECT count(*) FROM outbox"), 10);
+    audit_ok(&install);
+}
+
+#[test]
+fn idle_files_a_new_message_without_waiting_for_the_poll() {
+    let dovecot = Dovecot::start();
+    let install = install(&dovecot, "poll_interval_secs = 300\n", "");
+    let mut daemon = spawn_daemon(&install, &["run"]);
+    // The first pass creates the folders; then the daemon is idle.
+    wait_for(Duration::from_secs(30), "the first pass", || {
+        dovecot.mailboxes().iter().any(|m| m == "Quarantine")
+    });
+    thread::sleep(Duration::from_millis(300));
+    let raw = police_request("Arrives while idle");
+    let appended = Instant::now();
+    dovecot.append("INBOX", &raw);
+    // Well under the 300 s poll interval: only IDLE can explain it.
+    wait_for(Duration::from_secs(20), "the message to be filed", || {
+        dovecot.messages("Processed").contains(&raw)
+    });
+    eprintln!("arrival → filed and moved: {:?}", appended.elapsed());
+    signal(&daemon, "-TERM");
+    let status = daemon.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+    let mut log = String::new();
+    daemon
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("decision=acknowledge"), "{log}");
+}
+
+#[test]
+fn sigterm_mid_pass_exits_0_and_the_next_run_completes() {
+    let dovecot = Dovecot::start();
+    let install = install(&dovecot, "", "");
+    let mail: Vec<Vec<u8>> = (0..80)
+        .map(|i| police_request(&format!("Bulk {i}")))
+        .collect();
+    for raw in &mail {
+        dovecot.append("INBOX", raw);
+    }
+    let mut daemon = spawn_daemon(&install, &["run"]);
+    wait_for(Duration::from_secs(30), "the first filed message", || {
+        install.dir.path().join("cases.sqlite").exists()
+            && count(&install, "SELECT count(*) FROM messages") > 0
+    });
+    signal(&daemon, "-TERM");
+    let status = daemon.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let after_term = count(&install, "SELECT count(*) FROM messages");
+    // Whatever was filed was also moved: the batch in hand was finished.
+    assert_eq!(dovecot.messages("Processed").len() as i64, after_term);
+
+    assert!(install.run(&["run", "--once"]).status.success());
+    assert_eq!(count(&install, "SELECT count(*) FROM messages"), 80);
+    assert_eq!(sorted(dovecot.messages("Processed")), sorted(mail));
+    audit_ok(&install);
+}
+
+#[test]
+fn tls_with_the_configured_ca() {
+    let dovecot = Dovecot::start_tls();
+    let install = install(&dovecot, "", "");
+    let raw = police_request("Over TLS");
+    dovecot.append("INBOX", &raw);
+    let out = install.run(&["run", "--once"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(dovecot.messages("Processed"), vec![raw]);
+}
+
+/// A TCP proxy between the daemon and Dovecot that breaks its first
+/// connections at chosen moments: after `cut_after` bytes from the server
+/// (mid-FETCH of a large message), or right after the client sends a
+/// `MOVE` (the server may or may not have done it).
+struct Proxy {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    fn start(upstream: u16, cut_after: usize, cut_on_move: bool, broken: usize) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                let break_this = n < broken;
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                // Client → server: optionally cut right after a MOVE.
+                thread::spawn(move || pipe(c2, s2, usize::MAX, break_this && cut_on_move));
+                // Server → client: optionally cut after `cut_after` bytes.
+                thread::spawn(move || {
+                    pipe(
+                        server,
+                        client,
+                        if break_this { cut_after } else { usize::MAX },
+                        false,
+                    )
+                });
+            }
+        });
+        Proxy { port, connections }
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, limit: usize, cut_on_move: bool) {
+    let mut sent = 0usize;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let n = n.min(limit - sent);
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent += n;
+        let moved = cut_on_move
+            && buf[..n]
+                .windows(9)
+                .any(|w| w.eq_ignore_ascii_case(b"UID MOVE "));
+        if sent >= limit || moved {
+            if moved {
+                // Let the server act on it before the line drops.
+                thread::sleep(Duration::from_millis(100));
+            }
+            break;
+        }
+    }
+    let _ = from.shutdown(Shutdown::Both);
+    let _ = to.shutdown(Shutdown::Both);
+}
+
+#[test]
+fn dropped_connections_mid_fetch_and_mid_move_change_nothing() {
+    let dovecot = Dovecot::start();
+    // A 2 MB message: its FETCH is cut in the middle.
+    let big = {
+        let mut body = String::new();
+        while body.len() < 2_000_000 {
+            body.push_str("Annex: transaction records of the account under investigation.\n");
+        }
+        let w = world();
+        let raw =
+            testkit::mail::message("officer@police.gi", "legal@ivpn.net", "Large annex", &body);
+        from_police_server(&signed(&raw, &w.keys.police, "police.gi", "s2026"))
+    };
+    let small: Vec<Vec<u8>> = (0..5)
+        .map(|i| police_request(&format!("Small {i}")))
+        .collect();
+    dovecot.append("INBOX", &big);
+    for raw in &small {
+        dovecot.append("INBOX", raw);
+    }
+    for (cut_after, cut_on_move) in [(600_000, false), (usize::MAX, true)] {
+        let proxy = Proxy::start(dovecot.port, cut_after, cut_on_move, 2);
+        let imap = dovecot.imap_config("").replace(
+            &format!("port = {}", dovecot.port),
+            &format!("port = {}", proxy.port),
+        );
+        let install = Install::full(world().dns_addr(), &imap, "", "");
+        let mut daemon = spawn_daemon(&install, &["run"]);
+        wait_for(
+            Duration::from_secs(60),
+            "the inbox to be emptied through the proxy",
+            || dovecot.messages("INBOX").is_empty(),
+        );
+        signal(&daemon, "-TERM");
+        assert_eq!(daemon.wait().unwrap().code(), Some(0));
+        assert!(
+            proxy.connections.load(Ordering::SeqCst) >= 3,
+            "the daemon reconnected after the breaks"
+        );
+        assert_eq!(
+            count(&install, "SELECT count(*) FROM messages"),
+            6,
+            "every message filed once"
+        );
+        let processed = dovecot.messages("Processed");
+        for raw in small.iter().chain([&big]) {
+            assert_eq!(
+                processed.iter().filter(|m| *m == raw).count(),
+                1,
+                "moved exactly once"
+            );
+        }
+        audit_ok(&install);
+        // Put everything back for the second round.
+        for raw in processed {
+            dovecot.append("INBOX", &raw);
+        }
+        dovecot.delete_mailbox("Processed");
+    }
+}
