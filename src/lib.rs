@@ -17,6 +17,7 @@
 //! - [`decide`]: the decision table of SPEC.md, a pure function.
 //! - [`judge`]: the three above in order, shared by every command.
 //! - [`verify`]: the `verify` command's output.
+//! - [`logging`]: journald, JSON or text log lines.
 //! - [`triage`]: request kind, emergency flag and identifiers read from the text, pure.
 //! - [`clock`]: the stored form of times, and the clock passed down from `main`.
 //! - [`case`]: references, statuses and their transitions, the case record.
@@ -43,6 +44,7 @@ pub mod export;
 pub mod imap;
 pub mod ingest;
 pub mod judge;
+pub mod logging;
 pub mod message;
 pub mod pipeline;
 pub mod reply;

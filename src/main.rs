@@ -23,6 +23,10 @@ struct Cli {
     /// The configuration file.
     #[arg(long, global = true, value_name = "PATH", default_value = config::DEFAULT_PATH)]
     config: PathBuf,
+    /// Log lines on stderr as text or one JSON object each (under systemd,
+    /// text goes to the journal with native fields).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: legal_intake::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -188,15 +192,7 @@ impl From<anyhow::Error> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEGAL_INTAKE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    legal_intake::logging::init(cli.log_format);
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),

@@ -162,3 +162,35 @@ fn a_bad_configuration_exits_2_naming_file_key_and_reason() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/config.toml"));
 }
+
+#[test]
+fn log_lines_in_json_carry_the_stable_fields() {
+    let w = world();
+    let install = Install::new("");
+    let raw = from_police_server(&signed(
+        &request("officer@police.gi", "Warrant"),
+        &w.keys.police,
+        "police.gi",
+        "s2026",
+    ));
+    let file = install.file("one.eml", &raw);
+    let out = install.run(&["--log-format", "json", "ingest", file.to_str().unwrap()]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let line = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "message")
+        .unwrap_or_else(|| panic!("no JSON message line in {stderr}"));
+    assert_eq!(line["decision"], "acknowledge");
+    assert_eq!(line["from"], "officer@police.gi");
+    assert_eq!(line["uid"], "-");
+    assert!(line["case"].as_str().unwrap().starts_with("LR-"));
+    for key in ["reply", "reason", "level", "timestamp"] {
+        assert!(line.get(key).is_some(), "{key} missing: {line}");
+    }
+    assert!(
+        !stderr.contains("Dear IVPN Legal"),
+        "bodies never reach the log"
+    );
+}
