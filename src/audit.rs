@@ -12,7 +12,9 @@
 //! with what the events vouch for: each message's bytes against its
 //! recorded hash and its filing event, each verdict, each queued reply's
 //! recipient and Message-ID, and each case's fields replayed from its
-//! events. So an edit, deletion, insertion or reordering of an event or a
+//! events. A reply's delivery fields (status, attempts, times, last error)
+//! are not checked against its `reply_*` events: they change by design as
+//! the reply is sent, and the events themselves are in the chain. So an edit, deletion, insertion or reordering of an event or a
 //! message fails verification even when the append-only triggers have been
 //! dropped. What the chain alone cannot show — a rewrite of the whole
 //! file, or the newest events cut off — the head hashes already mailed to
@@ -32,6 +34,14 @@ pub mod kind {
     pub const MESSAGE_FILED: &str = "message_filed";
     pub const VERDICT: &str = "verdict";
     pub const REPLY_QUEUED: &str = "reply_queued";
+    /// The delivery of a queued reply (see `outbox`): an attempt starts,
+    /// and how it ended; a person's resend.
+    pub const REPLY_SENDING: &str = "reply_sending";
+    pub const REPLY_SENT: &str = "reply_sent";
+    pub const REPLY_RETRY: &str = "reply_retry";
+    pub const REPLY_FAILED: &str = "reply_failed";
+    pub const REPLY_UNKNOWN: &str = "reply_unknown";
+    pub const REPLY_RESEND: &str = "reply_resend";
     pub const STATUS_CHANGED: &str = "status_changed";
     pub const FIELD_CHANGED: &str = "field_changed";
     pub const NOTE: &str = "note";

@@ -1,5 +1,5 @@
 //! The legal team's commands on the case log: `cases list`, `cases show`,
-//! `cases set-status` and `cases set`.
+//! `cases set-status`, `cases set` and `cases resend`.
 //!
 //! Every change is made in one write transaction that reads the case,
 //! checks the change, writes it and appends an audit event naming the
@@ -34,6 +34,8 @@ pub enum Refused {
         reference: Reference,
         reason: String,
     },
+    #[error("{0}: no reply is unknown or failed, so there is nothing to send again")]
+    NothingToResend(Reference),
 }
 
 /// Who is running the command: `$USER`, else what `id -un` says, else
@@ -224,6 +226,50 @@ pub fn set_status(
         case.status.as_str(),
         to.as_str()
     ))
+}
+
+/// `cases resend`: a person decides that the case's replies whose fate is
+/// `unknown` (a transaction broke after the content went out) or that
+/// `failed` are to be sent again. Each goes back to `pending`, due now,
+/// with a new give-up window, and a `reply_resend` event names who asked;
+/// the daemon (or `run --once`) sends them. Returns one line per reply.
+pub fn resend(
+    store: &mut Store,
+    reference: Reference,
+    note: Option<&str>,
+    actor: &str,
+    clock: Clock,
+) -> anyhow::Result<Vec<String>> {
+    let note = note.map(|n| crate::message::clean(n, 2000));
+    let tx = store.begin()?;
+    let ops = tx.ops();
+    let case = ops.case(reference)?.ok_or(Refused::NoSuchCase(reference))?;
+    let at = clock::stamp(clock.now());
+    let mut said = Vec::new();
+    for r in ops.replies_of(case.id)? {
+        if !(r.status == "unknown" || r.status == "failed") || !ops.requeue_reply(r.id, &at)? {
+            continue;
+        }
+        let mut data = json!({
+            "outbox": r.id,
+            "from": r.status,
+            "attempts": r.attempts,
+            "last_error": r.last_error,
+        });
+        if let Some(n) = &note {
+            data["note"] = n.clone().into();
+        }
+        audit::append(&ops, &at, actor, Some(case.id), kind::REPLY_RESEND, &data)?;
+        said.push(format!(
+            "{reference}: {} to {} {} → pending (by {actor}); it is sent at the daemon's next drain",
+            r.kind, r.recipient, r.status
+        ));
+    }
+    if said.is_empty() {
+        return Err(Refused::NothingToResend(reference).into());
+    }
+    tx.commit()?;
+    Ok(said)
 }
 
 /// `cases list`.
@@ -439,6 +485,33 @@ pub fn show(
             "  {} to {} {} {} attempts={} queued {}",
             r.kind, r.recipient, r.msgid, r.status, r.attempts, r.queued_at
         )?;
+        match r.status.as_str() {
+            "sent" => writeln!(out, "     sent {}", opt(&r.sent_at))?,
+            "pending" if r.attempts > 0 => writeln!(
+                out,
+                "     next attempt {}; last error: {}",
+                r.next_attempt_at,
+                opt(&r.last_error)
+            )?,
+            "sending" => writeln!(
+                out,
+                "     being sent since {} (if no process is sending it, it becomes unknown)",
+                opt(&r.last_attempt_at)
+            )?,
+            "unknown" => writeln!(
+                out,
+                "     UNKNOWN whether it was delivered: {}\n     check with the recipient, or send it again: legal-intake cases resend {}",
+                opt(&r.last_error),
+                c.reference
+            )?,
+            "failed" => writeln!(
+                out,
+                "     FAILED: {}\n     send it again: legal-intake cases resend {}",
+                opt(&r.last_error),
+                c.reference
+            )?,
+            _ => {}
+        }
     }
     writeln!(out, "events:")?;
     for e in &d.events {

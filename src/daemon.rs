@@ -14,11 +14,17 @@
 //! crash between commit and move, a redelivered copy or a UIDVALIDITY
 //! change only ever leads to a move, never to a second filing.
 //!
+//! Replies are sent by a task of its own (`outbox::worker`, with its own
+//! connection to the case log), woken after every pass and every minute
+//! for retries, so neither a slow SMTP server nor a slow IMAP server holds
+//! up the other. `run --once` makes one attempt at every queued reply, due
+//! or not, after its pass (and even when the pass could not run).
+//!
 //! Shutdown (SIGTERM, SIGINT) is a cancellation token that is looked at
 //! between batches and while waiting, never in the middle of filing: the
-//! batch in hand is filed and moved, then the daemon exits 0. SIGHUP
-//! re-reads the configuration and keeps the old one when the new one is
-//! invalid.
+//! batch in hand is filed and moved, the reply in hand is sent and
+//! recorded, then the daemon exits 0. SIGHUP re-reads the configuration
+//! and keeps the old one when the new one is invalid.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,6 +41,7 @@ use crate::config::Config;
 use crate::decide::Decision;
 use crate::imap::{self, Capability, IdleOutcome, ImapError, Session};
 use crate::judge::Judge;
+use crate::outbox::{self, Mailer, SharedStore};
 use crate::pipeline::{Filer, Filing, Prepared, log_outcome};
 use crate::store::Store;
 use crate::triage::Triage;
@@ -58,6 +65,8 @@ struct Setup {
     judge: Judge,
     triage: Arc<Triage>,
     filer: Arc<Filer>,
+    /// The signing key, templates and SMTP client of the replies.
+    mailer: Arc<Mailer>,
 }
 
 impl Setup {
@@ -66,6 +75,7 @@ impl Setup {
             judge: Judge::new(&config)?,
             triage: Arc::new(Triage::new(&config.triage.account_patterns)),
             filer: Arc::new(Filer::new(&config)),
+            mailer: Arc::new(Mailer::new(&config)?),
             config,
         })
     }
@@ -92,6 +102,11 @@ struct Daemon {
     retry_after: HashMap<String, (Instant, u32)>,
     /// The UIDVALIDITY seen last, to log a change once.
     uid_validity: Option<u32>,
+    /// The sending side: its own connection to the case log, the mailer
+    /// it uses (replaced on SIGHUP), and the nudge given after each pass.
+    outbox_store: SharedStore,
+    mailer: tokio::sync::watch::Sender<Arc<Mailer>>,
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (or, with `once`, for one pass).
@@ -103,31 +118,51 @@ pub async fn run(
     clock: Clock,
     once: bool,
 ) -> anyhow::Result<bool> {
-    let path = config.store.database.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&path))
-        .await?
-        .with_context(|| {
-            format!(
-                "cannot open the case log {}",
-                config.store.database.display()
-            )
-        })?;
+    let open = |config: &Config| {
+        let path = config.store.database.clone();
+        let shown = path.display().to_string();
+        async move {
+            tokio::task::spawn_blocking(move || Store::open(&path))
+                .await?
+                .with_context(|| format!("cannot open the case log {shown}"))
+        }
+    };
+    let store = open(&config).await?;
+    let outbox_store = open(&config).await?;
     let cancel = CancellationToken::new();
     let hup = spawn_signal_handlers(cancel.clone())?;
+    let setup = Setup::new(config)?;
+    let (mailer, mailer_rx) = tokio::sync::watch::channel(setup.mailer.clone());
     let mut daemon = Daemon {
-        setup: Setup::new(config)?,
+        setup,
         config_path,
         store: Arc::new(Mutex::new(store)),
         clock,
         cancel: cancel.clone(),
         retry_after: HashMap::new(),
         uid_validity: None,
+        outbox_store: Arc::new(Mutex::new(outbox_store)),
+        mailer,
+        wake: Arc::new(tokio::sync::Notify::new()),
     };
     notify(&[sd_notify::NotifyState::Ready]);
     let result = if once {
         daemon.once().await
     } else {
-        daemon.forever(hup).await
+        let sender = tokio::spawn(outbox::worker(
+            daemon.outbox_store.clone(),
+            mailer_rx,
+            clock,
+            daemon.wake.clone(),
+            cancel.clone(),
+        ));
+        let result = daemon.forever(hup).await;
+        // The reply in hand is finished and recorded before the exit.
+        cancel.cancel();
+        if let Err(e) = sender.await {
+            tracing::error!(error = %e, "the reply sender stopped abnormally");
+        }
+        result
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     result
@@ -135,11 +170,39 @@ pub async fn run(
 
 impl Daemon {
     async fn once(&mut self) -> anyhow::Result<bool> {
+        let passed = self.once_pass().await;
+        // Replies already queued go out even when the mailbox could not be
+        // read: sending does not depend on IMAP.
+        let mailer = self.setup.mailer.clone();
+        if !mailer.can_send() {
+            tracing::warn!("no [smtp] section: replies are queued but not sent");
+        }
+        let t = outbox::drain(
+            &self.outbox_store,
+            &mailer,
+            self.clock,
+            outbox::Scope::All,
+            &self.cancel,
+        )
+        .await
+        .context("sending the queued replies")?;
+        tracing::info!(
+            sent = t.sent,
+            retry = t.retry,
+            failed = t.failed,
+            unknown = t.unknown,
+            "replies attempted"
+        );
+        Ok(passed)
+    }
+
+    /// The pass of `run --once`; false when it could not complete.
+    async fn once_pass(&mut self) -> bool {
         let mut session = match imap::connect(&self.setup.config.imap).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot connect to the IMAP server");
-                return Ok(false);
+                return false;
             }
         };
         let outcome = self.pass(&mut session, true).await;
@@ -152,11 +215,11 @@ impl Daemon {
                     moved = t.moved,
                     "pass complete"
                 );
-                Ok(true)
+                true
             }
             Err(e) => {
                 tracing::error!(error = %e, "the pass did not complete");
-                Ok(false)
+                false
             }
         }
     }
@@ -213,6 +276,8 @@ impl Daemon {
         loop {
             let started = Instant::now();
             let t = self.pass(session, false).await?;
+            // Whatever the pass queued is sent now, by the sender task.
+            self.wake.notify_one();
             status(&format!(
                 "last pass {}: {} filed, {} deferred, {} moved, {} waiting to retry ({} ms)",
                 crate::clock::stamp(self.clock.now()),
@@ -438,6 +503,7 @@ impl Daemon {
             });
         let changed = match result {
             Ok(setup) => {
+                self.mailer.send_replace(setup.mailer.clone());
                 self.setup = setup;
                 tracing::info!(config = %self.config_path.display(), "configuration reloaded");
                 true

@@ -30,6 +30,8 @@
 //! - [`daemon`]: `run`: passes over the mailbox, IDLE, reconnection, signals, systemd.
 //! - [`imap`]: the IMAP edge: connect, IDLE/poll, fetch, move.
 //! - [`reply`]: a queued reply rendered from its template, pure.
+//! - [`outbox`]: the outgoing queue: claim, render, sign, send, record; retries and `unknown`.
+//! - [`smtp`]: the SMTP edge: one transaction per reply, and what its failure means.
 
 pub mod audit;
 pub mod authenticate;
@@ -46,8 +48,10 @@ pub mod ingest;
 pub mod judge;
 pub mod logging;
 pub mod message;
+pub mod outbox;
 pub mod pipeline;
 pub mod reply;
+pub mod smtp;
 pub mod store;
 pub mod triage;
 pub mod verify;

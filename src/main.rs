@@ -36,8 +36,8 @@ enum Command {
     /// The daemon: watch the mailbox (IMAP IDLE, polling as fallback), file,
     /// reply and move; SIGTERM finishes the batch in hand and exits 0.
     Run {
-        /// One full pass over the mailbox (deferred messages judged again),
-        /// then exit.
+        /// One full pass over the mailbox (deferred messages judged again)
+        /// and one attempt at every queued reply, due or not, then exit.
         #[arg(long)]
         once: bool,
     },
@@ -131,6 +131,15 @@ enum CasesCommand {
         #[arg(long, value_name = "TEXT")]
         note: Option<String>,
     },
+    /// Send a case's replies again whose delivery is unknown or failed
+    /// (queued as pending; the daemon or `run --once` sends them).
+    Resend {
+        #[arg(value_name = "ID", value_parser = parse_reference)]
+        id: Reference,
+        /// Why (recorded in the audit event).
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
     /// Write the evidence bundle of a case into a new or empty folder.
     Export {
         #[arg(value_name = "ID", value_parser = parse_reference)]
@@ -215,6 +224,14 @@ fn load(path: &std::path::Path) -> Result<Config, Failure> {
     Config::load(path).map_err(Failure::Config)
 }
 
+/// What replying needs beyond the TOML: the DKIM key loads, the templates
+/// are valid, the SMTP client can be set up.
+fn check_replies(config: &Config) -> Result<(), Failure> {
+    legal_intake::outbox::Mailer::new(config)
+        .map(drop)
+        .map_err(Failure::Config)
+}
+
 /// The clock: the system's, or the instant in `LEGAL_INTAKE_NOW` (RFC 3339).
 /// The override exists for tests (numbering across years, the 24-hour and
 /// 7-day reply limits) and is read here only, never by the library.
@@ -240,11 +257,13 @@ fn run(cli: Cli) -> Result<bool, Failure> {
     match cli.command {
         Command::CheckConfig => {
             let config = load(&cli.config)?;
+            check_replies(&config)?;
             println!("{}", config.summary());
             Ok(true)
         }
         Command::Run { once } => {
             let config = load(&cli.config)?;
+            check_replies(&config)?;
             let clock = clock()?;
             let rt = runtime()?;
             Ok(rt.block_on(legal_intake::daemon::run(
@@ -308,6 +327,13 @@ fn run(cli: Cli) -> Result<bool, Failure> {
                         note,
                     };
                     for line in cases::set(&mut store, id, &changes, &cases::operator(), clock)? {
+                        println!("{line}");
+                    }
+                }
+                CasesCommand::Resend { id, note } => {
+                    for line in
+                        cases::resend(&mut store, id, note.as_deref(), &cases::operator(), clock)?
+                    {
                         println!("{line}");
                     }
                 }

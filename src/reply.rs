@@ -1,9 +1,11 @@
 //! Pure: a queued reply and its case → RFC 5322 bytes.
 //!
 //! The texts are templates the operator may edit
-//! (`config/templates/acknowledgement.txt` and `rejection.txt`), with named
+//! (`config/templates/acknowledgement.txt` and `rejection.txt`, read from
+//! the `templates` folder beside the configuration file), with named
 //! placeholders; copies of the shipped templates are compiled in, so a
-//! missing template folder never silences the daemon. Everything copied
+//! missing template folder never silences the daemon. The filled text is
+//! plain UTF-8, wrapped at [`WIDTH`] columns (see [`wrap`]). Everything copied
 //! from the request (its subject) has already been through
 //! [`crate::message::clean`] and is cleaned again here, so nothing a
 //! sender writes can create or alter a header of the reply.
@@ -64,6 +66,8 @@ impl Templates {
             let path = dir.join(name);
             match std::fs::read_to_string(&path) {
                 Ok(text) => {
+                    // Editors on some systems start a file with a BOM.
+                    let text = text.trim_start_matches('\u{feff}').to_string();
                     check(&text).map_err(|reason| TemplateError {
                         file: path.display().to_string(),
                         reason,
@@ -145,6 +149,94 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
     out
 }
 
+/// The column at which a filled paragraph is wrapped.
+pub const WIDTH: usize = 72;
+
+/// Wraps the filled text without undoing the template's layout: a
+/// paragraph (lines between blank lines) is re-flowed only when one of its
+/// lines is longer than `width` — a long subject or date pushed it over —
+/// and indented lines (the headquarters address) are never joined to
+/// their neighbours. Short lines, such as a signature's, stay as written.
+pub fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut paragraph: Vec<&str> = Vec::new();
+    let flush = |paragraph: &mut Vec<&str>, out: &mut String| {
+        if paragraph.iter().any(|l| l.chars().count() > width) {
+            // Runs of unindented lines are joined and re-flowed; an
+            // indented line keeps its own line (wrapped only if too long,
+            // keeping its indentation).
+            let mut run: Vec<&str> = Vec::new();
+            let emit_run = |run: &mut Vec<&str>, out: &mut String| {
+                if !run.is_empty() {
+                    fill_words(&run.join(" "), "", width, out);
+                    run.clear();
+                }
+            };
+            for line in paragraph.iter() {
+                if line.starts_with([' ', '\t']) {
+                    emit_run(&mut run, out);
+                    let body = line.trim_start();
+                    let indent = &line[..line.len() - body.len()];
+                    fill_words(body, indent, width, out);
+                } else {
+                    run.push(line.trim_end());
+                }
+            }
+            emit_run(&mut run, out);
+        } else {
+            for line in paragraph.iter() {
+                out.push_str(line.trim_end());
+                out.push('\n');
+            }
+        }
+        paragraph.clear();
+    };
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            flush(&mut paragraph, &mut out);
+            out.push('\n');
+        } else {
+            paragraph.push(line);
+        }
+    }
+    flush(&mut paragraph, &mut out);
+    out
+}
+
+/// Greedy word wrap of one run of text, each line starting with `indent`;
+/// a word longer than the width gets a line of its own.
+fn fill_words(text: &str, indent: &str, width: usize, out: &mut String) {
+    let mut line = String::from(indent);
+    let mut len = indent.chars().count();
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        let w = word.chars().count();
+        if !empty && len + 1 + w > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = String::from(indent);
+            len = indent.chars().count();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+            len += 1;
+        }
+        line.push_str(word);
+        len += w;
+        empty = false;
+    }
+    if !empty {
+        out.push_str(&line);
+        out.push('\n');
+    }
+}
+
+/// At most this many Message-IDs in a reply's `References`: the first of
+/// the thread and the latest ones (RFC 5322 §3.6.4 allows trimming), so a
+/// long thread cannot make the header absurdly long.
+const MAX_REFERENCES: usize = 10;
+
 /// Everything a reply is made of.
 #[derive(Debug, Clone)]
 pub struct Reply<'a> {
@@ -201,16 +293,19 @@ pub fn render(templates: &Templates, r: &Reply<'_>) -> Vec<u8> {
     let received = r.received.format(&Rfc2822).unwrap_or_default();
     let original = clean(r.original_subject.unwrap_or("(no subject)"), MAX_SUBJECT);
     let agency = clean(r.agency.unwrap_or("Sir or Madam"), 200);
-    let body = fill(
-        templates.get(r.kind),
-        &[
-            ("reference", r.reference),
-            ("agency", &agency),
-            ("received", &received),
-            ("subject", &original),
-            ("headquarters", HEADQUARTERS),
-            ("requester", &clean(r.to, 320)),
-        ],
+    let body = wrap(
+        &fill(
+            &templates.get(r.kind).replace("\r\n", "\n"),
+            &[
+                ("reference", r.reference),
+                ("agency", &agency),
+                ("received", &received),
+                ("subject", &original),
+                ("headquarters", HEADQUARTERS),
+                ("requester", &clean(r.to, 320)),
+            ],
+        ),
+        WIDTH,
     );
     let mut refs: Vec<String> = r.references.iter().map(|id| clean(id, 998)).collect();
     if let Some(id) = r.in_reply_to {
@@ -219,24 +314,58 @@ pub fn render(templates: &Templates, r: &Reply<'_>) -> Vec<u8> {
             refs.push(id);
         }
     }
-    // Message-ID values are written raw (with their brackets, already
-    // clean) so that mail-builder cannot re-wrap or re-quote them.
+    if refs.len() > MAX_REFERENCES {
+        refs.drain(1..refs.len() - (MAX_REFERENCES - 1));
+    }
+    let subject = subject(r.reference, r.original_subject);
     let mut builder = MessageBuilder::new()
         .from(parse_from(r.from))
-        .to(clean(r.to, 320))
-        .subject(subject(r.reference, r.original_subject))
+        .to(clean(r.to, 320));
+    // An ASCII subject is written as it reads, folded at spaces, so that
+    // the reference stays greppable in the raw message; mail-builder would
+    // turn a long one into encoded words. Anything else is RFC 2047.
+    builder = if subject.is_ascii() {
+        builder.header("Subject", Raw::new(fold("Subject", &subject)))
+    } else {
+        builder.subject(subject)
+    };
+    // Message-ID values are written raw (with their brackets, already
+    // clean) so that mail-builder cannot re-wrap or re-quote them.
+    let mut builder = builder
         .date(r.date.unix_timestamp())
         .header("Message-ID", Raw::new(r.message_id.to_string()))
         .header("Auto-Submitted", Raw::new("auto-replied"))
         .header("X-Auto-Response-Suppress", Raw::new("All"))
-        .text_body(body.replace("\r\n", "\n"));
+        .text_body(body);
     if let Some(id) = r.in_reply_to {
         builder = builder.header("In-Reply-To", Raw::new(clean(id, 998)));
     }
     if !refs.is_empty() {
-        builder = builder.header("References", Raw::new(refs.join(" ")));
+        // One identifier per line, so the header stays within the line
+        // length limit however long the identifiers are.
+        builder = builder.header("References", Raw::new(refs.join("\r\n ")));
     }
     builder.write_to_vec().unwrap_or_default()
+}
+
+/// A header value folded at spaces so that no line of the field is longer
+/// than 78 characters where a space allows (RFC 5322 §2.2.3).
+fn fold(name: &str, value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 8);
+    let mut len = name.len() + 1;
+    for (i, word) in value.split(' ').enumerate() {
+        if i > 0 {
+            if len + 1 + word.len() > 78 {
+                out.push_str("\r\n");
+                len = 0;
+            }
+            out.push(' ');
+            len += 1;
+        }
+        out.push_str(word);
+        len += word.len();
+    }
+    out
 }
 
 /// `Name <address>` or a bare address from the configuration.
@@ -262,7 +391,7 @@ pub fn new_message_id(reference: &str, domain: &str, random: u128) -> String {
     format!("<{reference}.{random:032x}@{domain}>")
 }
 
-/// Parses a reply's bytes the way a recipient would, for tests and checks.
+/// A time in RFC 2822 form, as the templates' `{received}` shows it.
 pub fn header_date(date: OffsetDateTime) -> String {
     date.format(&Rfc2822).unwrap_or_default()
 }
@@ -360,6 +489,24 @@ mod tests {
                 .any(|l| l.starts_with("Bcc:") || l.starts_with("X-Evil:")),
             "{headers}"
         );
+    }
+
+    #[test]
+    fn long_filled_paragraphs_are_rewrapped_and_the_rest_left_alone() {
+        let text = format!(
+            "Dear X,\n\nWe received \"{}\" today.\nSecond line.\n\n    Indented\n    address\n\nIVPN Legal\nIVPN Limited\n",
+            "word ".repeat(30).trim()
+        );
+        let wrapped = wrap(&text, 72);
+        assert!(
+            wrapped.lines().all(|l| l.chars().count() <= 72),
+            "{wrapped}"
+        );
+        assert!(wrapped.starts_with("Dear X,\n\nWe received \"word word"));
+        assert!(wrapped.contains("today. Second line.\n"), "{wrapped}");
+        assert!(wrapped.ends_with("\n\n    Indented\n    address\n\nIVPN Legal\nIVPN Limited\n"));
+        let short = "a\nb\n\nc\n";
+        assert_eq!(wrap(short, 72), short);
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Schema migrations; `MIGRATIONS[i]` takes `user_version` from `i` to
 /// `i + 1`. Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -140,6 +140,43 @@ CREATE TRIGGER verdicts_no_update BEFORE UPDATE ON verdicts
 BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
 CREATE TRIGGER verdicts_no_delete BEFORE DELETE ON verdicts
 BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
+"#;
+
+/// The outgoing queue's states (see `outbox`): `sending` is committed
+/// before an SMTP transaction starts, so a crash in the middle of one is
+/// visible afterwards; `unknown` is a transaction that broke after the
+/// message content went out. `pending_since` starts the give-up window (a
+/// person's resend starts a new one); `last_attempt_at` is when the latest
+/// attempt started. SQLite cannot change a CHECK constraint in place, so
+/// the table is rebuilt; nothing refers to it.
+const V2: &str = r#"
+CREATE TABLE outbox_v2 (
+    id INTEGER PRIMARY KEY,
+    case_id INTEGER NOT NULL REFERENCES cases (id),
+    message_id INTEGER NOT NULL REFERENCES messages (id),
+    kind TEXT NOT NULL CHECK (kind IN ('acknowledgement', 'rejection')),
+    recipient TEXT NOT NULL,
+    msgid TEXT NOT NULL UNIQUE,
+    in_reply_to TEXT,
+    subject TEXT,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'unknown')),
+    attempts INTEGER NOT NULL,
+    next_attempt_at TEXT NOT NULL,
+    queued_at TEXT NOT NULL,
+    sent_at TEXT,
+    last_error TEXT,
+    pending_since TEXT NOT NULL,
+    last_attempt_at TEXT
+) STRICT;
+INSERT INTO outbox_v2 (id, case_id, message_id, kind, recipient, msgid, in_reply_to, subject,
+    status, attempts, next_attempt_at, queued_at, sent_at, last_error, pending_since)
+SELECT id, case_id, message_id, kind, recipient, msgid, in_reply_to, subject,
+    status, attempts, next_attempt_at, queued_at, sent_at, last_error, queued_at FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v2 RENAME TO outbox;
+CREATE INDEX outbox_recipient ON outbox (recipient COLLATE NOCASE, queued_at);
+CREATE INDEX outbox_case ON outbox (case_id, kind, queued_at);
+CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
 "#;
 
 /// Failures a caller may want to tell apart.
@@ -452,6 +489,57 @@ pub struct ReplyRow {
     pub queued_at: String,
     pub sent_at: Option<String>,
     pub last_error: Option<String>,
+    /// The start of the current give-up window: when the reply was queued,
+    /// or when a person last asked for it to be sent again.
+    pub pending_since: String,
+    /// When the latest attempt started.
+    pub last_attempt_at: Option<String>,
+}
+
+/// The states of a queued reply (the `outbox.status` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyStatus {
+    /// Waiting for its next attempt (`next_attempt_at`).
+    Pending,
+    /// An SMTP transaction for it has started (committed before it did).
+    Sending,
+    /// The SMTP server accepted it.
+    Sent,
+    /// Refused for good, or not deliverable within the give-up window.
+    Failed,
+    /// The content went out but no final answer came back (or the process
+    /// died mid-transaction): it may or may not have been delivered, so it
+    /// is never retried by itself.
+    Unknown,
+}
+
+impl ReplyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplyStatus::Pending => "pending",
+            ReplyStatus::Sending => "sending",
+            ReplyStatus::Sent => "sent",
+            ReplyStatus::Failed => "failed",
+            ReplyStatus::Unknown => "unknown",
+        }
+    }
+}
+
+/// What an attempt ended in, for [`Ops::finish_attempt`].
+#[derive(Debug, Clone, Copy)]
+pub enum AttemptEnd<'a> {
+    /// Accepted by the server at this instant.
+    Sent { at: &'a str },
+    /// Not accepted; tried again at `next_attempt_at`.
+    Retry {
+        next_attempt_at: &'a str,
+        error: &'a str,
+    },
+    /// Given up on.
+    Failed { error: &'a str },
+    /// Outcome not known.
+    Unknown { error: &'a str },
 }
 
 /// A stored audit event.
@@ -542,7 +630,7 @@ fn verdict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VerdictRow> {
 }
 
 const REPLY_COLUMNS: &str = "id, case_id, message_id, kind, recipient, msgid, in_reply_to, subject, \
-     status, attempts, next_attempt_at, queued_at, sent_at, last_error";
+     status, attempts, next_attempt_at, queued_at, sent_at, last_error, pending_since, last_attempt_at";
 
 fn reply_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReplyRow> {
     Ok(ReplyRow {
@@ -560,6 +648,8 @@ fn reply_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReplyRow> {
         queued_at: r.get(11)?,
         sent_at: r.get(12)?,
         last_error: r.get(13)?,
+        pending_since: r.get(14)?,
+        last_attempt_at: r.get(15)?,
     })
 }
 
@@ -822,8 +912,8 @@ impl Ops<'_> {
         self.c
             .prepare_cached(
                 "INSERT INTO outbox (case_id, message_id, kind, recipient, msgid, in_reply_to, subject, \
-                 status, attempts, next_attempt_at, queued_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8)",
+                 status, attempts, next_attempt_at, queued_at, pending_since) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, ?8, ?8)",
             )?
             .execute(params![
                 r.case_id,
@@ -836,6 +926,114 @@ impl Ops<'_> {
                 r.now,
             ])?;
         Ok(self.c.last_insert_rowid())
+    }
+
+    // ---- The outgoing queue ------------------------------------------------
+    //
+    // Every change below moves a row from one stated status to another and
+    // reports whether it did: a row another process moved first is left
+    // alone.
+
+    pub fn reply(&self, id: i64) -> anyhow::Result<Option<ReplyRow>> {
+        Ok(self
+            .c
+            .prepare_cached(&format!("SELECT {REPLY_COLUMNS} FROM outbox WHERE id = ?1"))?
+            .query_row([id], reply_row)
+            .optional()?)
+    }
+
+    /// Pending replies, soonest due first: those due by `due_by`, or all of
+    /// them when it is `None`.
+    pub fn pending_replies(&self, due_by: Option<&str>) -> anyhow::Result<Vec<ReplyRow>> {
+        let mut stmt = self.c.prepare_cached(&format!(
+            "SELECT {REPLY_COLUMNS} FROM outbox WHERE status = 'pending' \
+             AND (?1 IS NULL OR next_attempt_at <= ?1) ORDER BY next_attempt_at, id"
+        ))?;
+        let rows = stmt.query_map([due_by], reply_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Replies left `sending` by an attempt that started at or before
+    /// `started_by`.
+    pub fn sending_since(&self, started_by: &str) -> anyhow::Result<Vec<ReplyRow>> {
+        let mut stmt = self.c.prepare_cached(&format!(
+            "SELECT {REPLY_COLUMNS} FROM outbox WHERE status = 'sending' \
+             AND (last_attempt_at IS NULL OR last_attempt_at <= ?1) ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([started_by], reply_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// pending → sending: an attempt starts now. False when the row is not
+    /// pending (another process took it).
+    pub fn start_attempt(&self, id: i64, now: &str) -> anyhow::Result<bool> {
+        let n = self
+            .c
+            .prepare_cached(
+                "UPDATE outbox SET status = 'sending', attempts = attempts + 1, \
+                 last_attempt_at = ?2 WHERE id = ?1 AND status = 'pending'",
+            )?
+            .execute(params![id, now])?;
+        Ok(n == 1)
+    }
+
+    /// sending → sent | pending | failed | unknown. False when the row is
+    /// not `sending` (it was already settled by someone else).
+    pub fn finish_attempt(&self, id: i64, end: AttemptEnd<'_>) -> anyhow::Result<bool> {
+        let (status, next, sent_at, error) = match end {
+            AttemptEnd::Sent { at } => (ReplyStatus::Sent, None, Some(at), None),
+            AttemptEnd::Retry {
+                next_attempt_at,
+                error,
+            } => (
+                ReplyStatus::Pending,
+                Some(next_attempt_at),
+                None,
+                Some(error),
+            ),
+            AttemptEnd::Failed { error } => (ReplyStatus::Failed, None, None, Some(error)),
+            AttemptEnd::Unknown { error } => (ReplyStatus::Unknown, None, None, Some(error)),
+        };
+        let n = self
+            .c
+            .prepare_cached(
+                "UPDATE outbox SET status = ?2, next_attempt_at = coalesce(?3, next_attempt_at), \
+                 sent_at = ?4, last_error = coalesce(?5, last_error) \
+                 WHERE id = ?1 AND status = 'sending'",
+            )?
+            .execute(params![id, status.as_str(), next, sent_at, error])?;
+        Ok(n == 1)
+    }
+
+    /// unknown | failed → pending, due now, with a new give-up window and
+    /// the attempt count started afresh (the events keep the old one).
+    /// False when the row is in neither state.
+    pub fn requeue_reply(&self, id: i64, now: &str) -> anyhow::Result<bool> {
+        let n = self
+            .c
+            .prepare_cached(
+                "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?2, \
+                 pending_since = ?2 WHERE id = ?1 AND status IN ('unknown', 'failed')",
+            )?
+            .execute(params![id, now])?;
+        Ok(n == 1)
+    }
+
+    /// A filed message by row id, with its bytes when `with_raw`.
+    pub fn message(&self, id: i64, with_raw: bool) -> anyhow::Result<Option<MessageRow>> {
+        Ok(self
+            .c
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS}, raw FROM messages WHERE id = ?1"
+            ))?
+            .query_row([id], |r| {
+                let mut m = message_row(r)?;
+                if with_raw {
+                    m.raw = Some(r.get(10)?);
+                }
+                Ok(m)
+            })
+            .optional()?)
     }
 
     // ---- The audit chain ---------------------------------------------------
@@ -1016,6 +1214,52 @@ mod tests {
             "{err:#}"
         );
         assert!(err.to_string().contains("newer"), "{err:#}");
+    }
+
+    #[test]
+    fn a_v1_outbox_keeps_its_rows_and_gains_the_new_states() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(V1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO cases (reference, year, number, status, authenticated, kind, emergency, \
+               user_notice, opened_at, updated_at) VALUES ('LR-2026-0001', 2026, 1, 'received', 1, \
+               'other', 0, 'unknown', 't', 't');
+             INSERT INTO messages (case_id, sha256, raw, size, source, received_at, findings) \
+               VALUES (1, 'h', x'00', 1, 's', 't', '{}');
+             INSERT INTO outbox (case_id, message_id, kind, recipient, msgid, status, attempts, \
+               next_attempt_at, queued_at) VALUES (1, 1, 'rejection', 'a@b.c', '<m@x>', 'pending', 0, \
+               '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.user_version().unwrap(), SCHEMA_VERSION);
+        let ops = store.read();
+        let row = ops.reply(1).unwrap().unwrap();
+        assert_eq!(
+            (
+                row.status.as_str(),
+                row.pending_since.as_str(),
+                row.msgid.as_str()
+            ),
+            ("pending", "2026-01-01T00:00:00Z", "<m@x>")
+        );
+        assert!(ops.start_attempt(1, "2026-01-01T00:01:00Z").unwrap());
+        assert!(
+            !ops.start_attempt(1, "2026-01-01T00:01:00Z").unwrap(),
+            "claimed once"
+        );
+        assert!(
+            ops.finish_attempt(1, AttemptEnd::Unknown { error: "e" })
+                .unwrap()
+        );
+        assert!(ops.requeue_reply(1, "2026-01-02T00:00:00Z").unwrap());
+        let row = ops.reply(1).unwrap().unwrap();
+        assert_eq!((row.status.as_str(), row.attempts), ("pending", 0));
+        assert_eq!(row.pending_since, "2026-01-02T00:00:00Z");
     }
 
     #[test]

@@ -188,11 +188,15 @@ fn a_mixed_batch_lands_in_the_right_folders_and_a_second_pass_changes_nothing() 
         "bodies never reach the log"
     );
 
-    let events = count(&install, "SELECT count(*) FROM events");
+    // Each `--once` also tries the queued replies again (no SMTP server
+    // listens here), which the audit chain records; filing writes nothing.
+    let filing_events =
+        "SELECT count(*) FROM events WHERE kind NOT IN ('reply_sending', 'reply_retry')";
+    let events = count(&install, filing_events);
     let again = install.run(&["run", "--once"]);
     assert!(again.status.success());
     assert_eq!(
-        count(&install, "SELECT count(*) FROM events"),
+        count(&install, filing_events),
         events,
         "a second pass writes nothing"
     );

@@ -1,0 +1,592 @@
+//! The outgoing queue: replies queued at filing time are sent from here.
+//!
+//! [`drain`] takes the replies that are due, and for each one:
+//!
+//! ```text
+//! claim (pending → sending, committed) ─▶ render (reply) ─▶ DKIM-sign ─▶ SMTP (smtp) ─▶ record
+//! ```
+//!
+//! A row's life (every change is an audit event of the same name):
+//!
+//! | from | to | event | when |
+//! |---|---|---|---|
+//! | (filed) | `pending` | `reply_queued` | the filing transaction queued it |
+//! | `pending` | `sending` | `reply_sending` | an attempt starts; committed before any byte goes out |
+//! | `sending` | `sent` | `reply_sent` | the server's final reply was positive |
+//! | `sending` | `pending` | `reply_retry` | not accepted (server down, 4xx, TLS, AUTH): next try after 1, 2, 4 … minutes, at most an hour apart |
+//! | `sending` | `failed` | `reply_failed` | refused for good (5xx for this message), or still not accepted 5 days after it was queued |
+//! | `sending` | `unknown` | `reply_unknown` | the content went out and no final reply came; or a `sending` row was left behind by a process that died |
+//! | `unknown`, `failed` | `pending` | `reply_resend` | a person ran `cases resend` |
+//!
+//! Nothing sends a reply twice by itself: a row is claimed in a write
+//! transaction that only succeeds while it is `pending`, and an outcome
+//! that cannot be known is `unknown` until a person decides (at most one
+//! duplicate, and only by someone's choice, is better than a silent loss).
+//! A `sending` row is left alone while the attempt that claimed it could
+//! still be running ([`SENDING_LEASE`]), so two processes draining the same
+//! log (the daemon and a `run --once`) never judge each other's sends.
+//!
+//! Sending never holds up filing: the daemon drains on a task of its own
+//! with its own connection to the case log, and a send has a time limit.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::{DkimSigner, Done};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::{self, SYSTEM_ACTOR, kind, sha256_hex};
+use crate::case::{Case, ReplyKind};
+use crate::clock::{Clock, parse_instant, stamp};
+use crate::config::{Config, ConfigError, DkimSigning};
+use crate::reply::{self, Reply, Templates};
+use crate::smtp::{self, Delivery};
+use crate::store::{AttemptEnd, ReplyRow, Store};
+
+/// The longest one SMTP transaction may take.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A `sending` row whose attempt started longer ago than this belongs to
+/// no live process (an attempt ends within [`SEND_TIMEOUT`] and a few
+/// seconds of bookkeeping), so it is settled as `unknown`.
+pub const SENDING_LEASE: Duration = Duration::from_secs(300);
+
+/// The first retry waits this long; each further one twice as long as the
+/// one before, up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_secs(60);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+/// A reply not accepted this long after it was queued (or re-queued by a
+/// person) is given up on.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
+
+/// How often the daemon looks for retries that have become due.
+pub const WAKE_EVERY: Duration = Duration::from_secs(60);
+
+/// The header fields a reply's DKIM signature covers.
+const SIGNED_HEADERS: [&str; 11] = [
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Auto-Submitted",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+];
+
+/// The case log as the daemon shares it between tasks.
+pub type SharedStore = Arc<Mutex<Store>>;
+
+/// The DKIM signer for replies, its key loaded once.
+pub struct Signer {
+    signer: DkimSigner<DkimKey, Done>,
+    /// `d=` and `s=`, for the audit events.
+    pub domain: String,
+    pub selector: String,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("domain", &self.domain)
+            .field("selector", &self.selector)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// Loads `dkim_signing.private_key_file`: RSA in PKCS#1 (`BEGIN RSA
+    /// PRIVATE KEY`) or PKCS#8 (`BEGIN PRIVATE KEY`), Ed25519 in PKCS#8.
+    /// The error says what is wrong with the file, never what is in it.
+    pub fn load(cfg: &DkimSigning) -> Result<Signer, String> {
+        let path = &cfg.private_key_file;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let key = match PrivateKeyDer::from_pem_slice(&pem) {
+            Ok(PrivateKeyDer::Pkcs1(der)) => {
+                RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs1(der))
+                    .map(DkimKey::from)
+                    .map_err(|e| format!("{}: not a usable RSA key: {e}", path.display()))?
+            }
+            Ok(PrivateKeyDer::Pkcs8(der)) => {
+                match RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(der.clone_key())) {
+                    Ok(rsa) => DkimKey::from(rsa),
+                    Err(rsa_error) => Ed25519Key::from_pkcs8_maybe_unchecked_der(
+                        der.secret_pkcs8_der(),
+                    )
+                    .map(DkimKey::from)
+                    .map_err(|_| {
+                        format!(
+                            "{}: a PKCS#8 key that is neither a usable RSA key ({rsa_error}) nor an Ed25519 key",
+                            path.display()
+                        )
+                    })?,
+                }
+            }
+            Ok(_) => {
+                return Err(format!(
+                    "{}: not an RSA or Ed25519 key (DKIM signs with those only)",
+                    path.display()
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "{}: no PEM private key (expected BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)",
+                    path.display()
+                ));
+            }
+        };
+        let signer = DkimSigner::from_key(key)
+            .domain(cfg.domain.clone())
+            .selector(cfg.selector.clone())
+            .headers(SIGNED_HEADERS);
+        Ok(Signer {
+            signer,
+            domain: cfg.domain.clone(),
+            selector: cfg.selector.clone(),
+        })
+    }
+
+    /// The message with its `DKIM-Signature` header prepended.
+    pub fn sign(&self, message: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let signature = self
+            .signer
+            .sign(message)
+            .map_err(|e| anyhow::anyhow!("DKIM signing failed: {e}"))?;
+        let mut out = signature.to_header().into_bytes();
+        out.extend_from_slice(message);
+        Ok(out)
+    }
+}
+
+/// Everything needed to turn a queued row into a sent message; built from
+/// the configuration at start and on SIGHUP.
+#[derive(Debug)]
+pub struct Mailer {
+    /// `None` without an `[smtp]` section: replies wait in the queue.
+    client: Option<smtp::Client>,
+    signer: Option<Signer>,
+    templates: Templates,
+    /// `smtp.from`.
+    from: String,
+}
+
+/// The folder the reply templates are read from: `templates` beside the
+/// configuration file.
+pub fn templates_dir(config: &Config) -> PathBuf {
+    config
+        .path
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("templates")
+}
+
+impl Mailer {
+    /// Loads the signing key and the templates and prepares the SMTP
+    /// client. Every error names the file and key at fault.
+    pub fn new(config: &Config) -> Result<Mailer, ConfigError> {
+        let err = |key: &str, reason: String| ConfigError {
+            file: config.path.clone(),
+            key: key.to_string(),
+            reason,
+        };
+        let signer = config
+            .dkim_signing
+            .as_ref()
+            .map(|d| Signer::load(d).map_err(|e| err("dkim_signing.private_key_file", e)))
+            .transpose()?;
+        let templates = Templates::load(&templates_dir(config)).map_err(|e| ConfigError {
+            file: PathBuf::from(&e.file),
+            key: String::new(),
+            reason: e.reason,
+        })?;
+        let client = config
+            .smtp
+            .as_ref()
+            .map(|s| smtp::Client::new(s).map_err(|e| err("smtp", format!("{e:#}"))))
+            .transpose()?;
+        Ok(Mailer {
+            client,
+            signer,
+            templates,
+            from: config
+                .smtp
+                .as_ref()
+                .map(|s| s.from.clone())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Whether replies can be sent at all (an `[smtp]` section exists).
+    pub fn can_send(&self) -> bool {
+        self.client.is_some()
+    }
+}
+
+/// Which pending replies a drain attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Those whose next attempt is due.
+    Due,
+    /// Every pending one, due or not (`run --once`).
+    All,
+}
+
+/// What a drain did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    pub sent: u32,
+    pub retry: u32,
+    pub failed: u32,
+    pub unknown: u32,
+}
+
+/// A claimed row with what rendering it needs.
+struct Job {
+    row: ReplyRow,
+    case: Case,
+    received: OffsetDateTime,
+    /// Message-IDs from the request's `In-Reply-To`/`References`.
+    thread: Vec<String>,
+}
+
+/// Runs a store operation on a blocking thread.
+async fn with_store<T: Send + 'static>(
+    store: &SharedStore,
+    f: impl FnOnce(&mut Store) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut s = store
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the case log lock is poisoned"))?;
+        f(&mut s)
+    })
+    .await?
+}
+
+/// Settles `sending` rows that no live attempt can own any more as
+/// `unknown`; returns how many.
+pub async fn recover(store: &SharedStore, clock: Clock) -> anyhow::Result<u32> {
+    with_store(store, move |s| {
+        let now = clock.now();
+        let before = stamp(now - SENDING_LEASE);
+        let tx = s.begin()?;
+        let ops = tx.ops();
+        let rows = ops.sending_since(&before)?;
+        let at = stamp(now);
+        let mut n = 0;
+        for row in &rows {
+            let error = format!(
+                "attempt {} started at {} and its outcome was never recorded (the process stopped mid-send); the server may or may not have the reply",
+                row.attempts,
+                row.last_attempt_at.as_deref().unwrap_or("an unknown time")
+            );
+            if ops.finish_attempt(row.id, AttemptEnd::Unknown { error: &error })? {
+                audit::append(
+                    &ops,
+                    &at,
+                    SYSTEM_ACTOR,
+                    Some(row.case_id),
+                    kind::REPLY_UNKNOWN,
+                    &json!({ "outbox": row.id, "attempt": row.attempts, "error": error }),
+                )?;
+                let reference = ops
+                    .case_by_id(row.case_id)?
+                    .map_or_else(|| "-".to_string(), |c| c.reference.to_string());
+                tracing::warn!(case = %reference, outbox = row.id, kind = %row.kind, to = %row.recipient, status = %"unknown", attempt = row.attempts, error = ?error, "reply");
+                n += 1;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    })
+    .await
+}
+
+/// One drain of the queue (module documentation). Stops between replies
+/// when `cancel` fires; the reply in hand is finished and recorded.
+pub async fn drain(
+    store: &SharedStore,
+    mailer: &Mailer,
+    clock: Clock,
+    scope: Scope,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Tally> {
+    let mut tally = Tally::default();
+    tally.unknown += recover(store, clock).await?;
+    let Some(client) = &mailer.client else {
+        return Ok(tally);
+    };
+    let due_by = (scope == Scope::Due).then(|| stamp(clock.now()));
+    let candidates =
+        with_store(store, move |s| s.read().pending_replies(due_by.as_deref())).await?;
+    for candidate in candidates {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let Some(job) = claim(store, candidate.id, clock).await? else {
+            continue;
+        };
+        let started = Instant::now();
+        let now = clock.now();
+        let message = render(mailer, &job, now);
+        let delivery = match &message {
+            Ok(bytes) => client.send(&job.row.recipient, bytes, SEND_TIMEOUT).await,
+            // Nothing went out: a configuration matter, retried.
+            Err(e) => Delivery::Transient(format!("{e:#}")),
+        };
+        let sent = message.as_deref().ok().map(sha256_hex);
+        let facts = Facts {
+            envelope_from: client.envelope_from(),
+            dkim: mailer
+                .signer
+                .as_ref()
+                .map(|s| format!("d={} s={}", s.domain, s.selector)),
+            sha256: sent,
+            date: stamp(now),
+        };
+        let status = record(store, &job, delivery.clone(), facts, clock).await?;
+        let ms = started.elapsed().as_millis();
+        match &delivery {
+            Delivery::Accepted(reply) => {
+                tally.sent += 1;
+                tracing::info!(case = %job.case.reference, outbox = job.row.id, kind = %job.row.kind, to = %job.row.recipient, status = %status, attempt = job.row.attempts, ms, detail = ?reply, "reply");
+            }
+            Delivery::Transient(e) | Delivery::Permanent(e) | Delivery::Unknown(e) => {
+                match status {
+                    "pending" => tally.retry += 1,
+                    "failed" => tally.failed += 1,
+                    _ => tally.unknown += 1,
+                }
+                tracing::warn!(case = %job.case.reference, outbox = job.row.id, kind = %job.row.kind, to = %job.row.recipient, status = %status, attempt = job.row.attempts, ms, error = ?e, "reply");
+            }
+        }
+    }
+    Ok(tally)
+}
+
+/// pending → sending in a committed transaction with its event, and what
+/// rendering needs; `None` when another process took the row first.
+async fn claim(store: &SharedStore, id: i64, clock: Clock) -> anyhow::Result<Option<Job>> {
+    with_store(store, move |s| {
+        let at = stamp(clock.now());
+        let tx = s.begin()?;
+        let ops = tx.ops();
+        if !ops.start_attempt(id, &at)? {
+            return Ok(None);
+        }
+        let row = ops
+            .reply(id)?
+            .ok_or_else(|| anyhow::anyhow!("queued reply {id} vanished"))?;
+        let case = ops
+            .case_by_id(row.case_id)?
+            .ok_or_else(|| anyhow::anyhow!("the case of queued reply {id} is missing"))?;
+        let message = ops
+            .message(row.message_id, true)?
+            .ok_or_else(|| anyhow::anyhow!("the request of queued reply {id} is missing"))?;
+        audit::append(
+            &ops,
+            &at,
+            SYSTEM_ACTOR,
+            Some(row.case_id),
+            kind::REPLY_SENDING,
+            &json!({ "outbox": id, "attempt": row.attempts }),
+        )?;
+        tx.commit()?;
+        let thread = message
+            .raw
+            .as_deref()
+            .map(|raw| crate::message::parse(raw, usize::MAX).thread_ids)
+            .unwrap_or_default();
+        let received = parse_instant(&message.received_at).unwrap_or_else(|| clock.now());
+        Ok(Some(Job {
+            row,
+            case,
+            received,
+            thread,
+        }))
+    })
+    .await
+}
+
+/// The reply's bytes, signed when a key is configured.
+fn render(mailer: &Mailer, job: &Job, now: OffsetDateTime) -> anyhow::Result<Vec<u8>> {
+    let kind = match job.row.kind.as_str() {
+        "acknowledgement" => ReplyKind::Acknowledgement,
+        "rejection" => ReplyKind::Rejection,
+        other => anyhow::bail!("queued reply {} has an unknown kind {other}", job.row.id),
+    };
+    let reference = job.case.reference.to_string();
+    let bytes = reply::render(
+        &mailer.templates,
+        &Reply {
+            kind,
+            reference: &reference,
+            agency: job.case.agency.as_deref(),
+            from: &mailer.from,
+            to: &job.row.recipient,
+            original_subject: job.row.subject.as_deref(),
+            in_reply_to: job.row.in_reply_to.as_deref(),
+            references: &job.thread,
+            received: job.received,
+            message_id: &job.row.msgid,
+            date: now,
+        },
+    );
+    if bytes.is_empty() {
+        anyhow::bail!("the reply could not be rendered");
+    }
+    match &mailer.signer {
+        Some(signer) => signer.sign(&bytes),
+        None => Ok(bytes),
+    }
+}
+
+/// What the audit event of a sent reply records about it.
+struct Facts {
+    envelope_from: String,
+    dkim: Option<String>,
+    /// SHA-256 of the exact bytes handed to the server.
+    sha256: Option<String>,
+    /// The instant in its `Date` header.
+    date: String,
+}
+
+/// sending → the outcome, with its event; returns the new status.
+async fn record(
+    store: &SharedStore,
+    job: &Job,
+    delivery: Delivery,
+    facts: Facts,
+    clock: Clock,
+) -> anyhow::Result<&'static str> {
+    let id = job.row.id;
+    let case_id = job.row.case_id;
+    let attempt = job.row.attempts;
+    let pending_since = job.row.pending_since.clone();
+    with_store(store, move |s| {
+        let now = clock.now();
+        let at = stamp(now);
+        let give_up = parse_instant(&pending_since)
+            .is_some_and(|since| now >= since + GIVE_UP_AFTER);
+        let next = stamp(now + backoff(attempt));
+        let (end, event, status, data): (AttemptEnd<'_>, &str, &str, Value) = match &delivery {
+            Delivery::Accepted(reply) => (
+                AttemptEnd::Sent { at: &at },
+                kind::REPLY_SENT,
+                "sent",
+                json!({
+                    "outbox": id,
+                    "attempt": attempt,
+                    "response": reply,
+                    "envelope_from": facts.envelope_from,
+                    "dkim": facts.dkim,
+                    "date": facts.date,
+                    "sha256": facts.sha256,
+                }),
+            ),
+            Delivery::Transient(e) if give_up => (
+                AttemptEnd::Failed { error: e },
+                kind::REPLY_FAILED,
+                "failed",
+                json!({ "outbox": id, "attempt": attempt, "error": e,
+                        "reason": "not accepted within 5 days of being queued" }),
+            ),
+            Delivery::Transient(e) => (
+                AttemptEnd::Retry {
+                    next_attempt_at: &next,
+                    error: e,
+                },
+                kind::REPLY_RETRY,
+                "pending",
+                json!({ "outbox": id, "attempt": attempt, "error": e, "next_attempt_at": next }),
+            ),
+            Delivery::Permanent(e) => (
+                AttemptEnd::Failed { error: e },
+                kind::REPLY_FAILED,
+                "failed",
+                json!({ "outbox": id, "attempt": attempt, "error": e, "reason": "refused by the server" }),
+            ),
+            Delivery::Unknown(e) => (
+                AttemptEnd::Unknown { error: e },
+                kind::REPLY_UNKNOWN,
+                "unknown",
+                json!({ "outbox": id, "attempt": attempt, "error": e }),
+            ),
+        };
+        let tx = s.begin()?;
+        let ops = tx.ops();
+        if !ops.finish_attempt(id, end)? {
+            // Settled by someone else meanwhile (a clock far off); their
+            // record stands.
+            anyhow::bail!("queued reply {id} was no longer sending when its outcome came in");
+        }
+        audit::append(&ops, &at, SYSTEM_ACTOR, Some(case_id), event, &data)?;
+        tx.commit()?;
+        Ok(status)
+    })
+    .await
+}
+
+/// The wait after failed attempt `attempt` (1-based): 1, 2, 4 … minutes,
+/// at most an hour.
+pub fn backoff(attempt: i64) -> Duration {
+    let doublings = attempt.saturating_sub(1).clamp(0, 16) as u32;
+    BACKOFF_MIN
+        .saturating_mul(1u32 << doublings)
+        .min(BACKOFF_MAX)
+}
+
+/// The daemon's sending task: drains due replies when woken (after each
+/// pass) and every [`WAKE_EVERY`] for retries, until `cancel`; the reply
+/// in hand is finished first. The mailer is re-read from `mailer` before
+/// each drain, so a SIGHUP reload applies to the next one.
+pub async fn worker(
+    store: SharedStore,
+    mailer: tokio::sync::watch::Receiver<Arc<Mailer>>,
+    clock: Clock,
+    wake: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
+    let mut warned_unconfigured = false;
+    while !cancel.is_cancelled() {
+        let current = mailer.borrow().clone();
+        if !current.can_send() && !warned_unconfigured {
+            tracing::warn!("no [smtp] section: replies are queued but not sent");
+            warned_unconfigured = true;
+        }
+        if let Err(e) = drain(&store, &current, clock, Scope::Due, &cancel).await {
+            tracing::error!(error = %format!("{e:#}"), "sending replies failed; trying again later");
+        }
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(WAKE_EVERY) => {}
+            () = cancel.cancelled() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_minute_to_an_hour() {
+        let minutes: Vec<u64> = (1..=9).map(|a| backoff(a).as_secs() / 60).collect();
+        assert_eq!(minutes, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(backoff(0), BACKOFF_MIN);
+        assert_eq!(backoff(i64::MAX), BACKOFF_MAX);
+    }
+}
