@@ -10,9 +10,10 @@
 //!
 //! `verify` recomputes the chain and then checks that the tables agree
 //! with what the events vouch for: each message's bytes against its
-//! recorded hash and its filing event, each verdict, each queued reply's
-//! recipient and Message-ID, and each case's fields replayed from its
-//! events. A reply's delivery fields (status, attempts, times, last error)
+//! recorded hash and its filing event, each verdict, each queued reply's,
+//! notice's and digest's recipient and Message-ID (and, for a notice or
+//! digest, the SHA-256 of what it says, head hash included), and each
+//! case's fields replayed from its events. A reply's delivery fields (status, attempts, times, last error)
 //! are not checked against its `reply_*` events: they change by design as
 //! the reply is sent, and the events themselves are in the chain. So an edit, deletion, insertion or reordering of an event or a
 //! message fails verification even when the append-only triggers have been
@@ -34,8 +35,14 @@ pub mod kind {
     pub const MESSAGE_FILED: &str = "message_filed";
     pub const VERDICT: &str = "verdict";
     pub const REPLY_QUEUED: &str = "reply_queued";
-    /// The delivery of a queued reply (see `outbox`): an attempt starts,
-    /// and how it ended; a person's resend.
+    /// An internal notice queued by a filing, one per `notify.to`
+    /// address; its data names the audit head the notice carries.
+    pub const NOTICE_QUEUED: &str = "notice_queued";
+    /// A daily digest queued, one per `notify.to` address.
+    pub const DIGEST_QUEUED: &str = "digest_queued";
+    /// The delivery of a queued row of the outbox — reply, notice or
+    /// digest alike (see `outbox`): an attempt starts, and how it ended;
+    /// a person's resend.
     pub const REPLY_SENDING: &str = "reply_sending";
     pub const REPLY_SENT: &str = "reply_sent";
     pub const REPLY_RETRY: &str = "reply_retry";
@@ -287,7 +294,7 @@ fn collect(
                 verdicts.insert(id, v);
             }
         }
-        kind::REPLY_QUEUED => {
+        kind::REPLY_QUEUED | kind::NOTICE_QUEUED | kind::DIGEST_QUEUED => {
             if let Some((id, v)) = vouched("outbox") {
                 replies.insert(id, v);
             }
@@ -455,15 +462,19 @@ fn check_replies(
             continue;
         };
         let d = &e.data;
-        // Status and attempts change as the reply is sent; who it goes to,
-        // what it is and which case it answers never do.
-        let same = e.case_id == Some(r.case_id)
+        let text = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
+        // Status and attempts change as the row is sent; who it goes to,
+        // what it is, which case and message it is about, and what a
+        // notice or digest says never do.
+        let same = e.case_id == r.case_id
             && d.get("kind").and_then(Value::as_str) == Some(r.kind.as_str())
             && d.get("recipient").and_then(Value::as_str) == Some(r.recipient.as_str())
             && d.get("msgid").and_then(Value::as_str) == Some(r.msgid.as_str())
-            && d.get("message").and_then(Value::as_i64) == Some(r.message_id)
-            && d.get("in_reply_to").cloned().unwrap_or(Value::Null)
-                == r.in_reply_to.clone().map_or(Value::Null, Value::String);
+            && d.get("message").and_then(Value::as_i64) == r.message_id
+            && d.get("in_reply_to").cloned().unwrap_or(Value::Null) == text(&r.in_reply_to)
+            && d.get("dedupe_key").cloned().unwrap_or(Value::Null) == text(&r.dedupe_key)
+            && d.get("payload_sha256").cloned().unwrap_or(Value::Null)
+                == text(&r.payload.as_deref().map(|p| sha256_hex(p.as_bytes())));
         if !same {
             problems.push(Problem {
                 event: Some(e.event),

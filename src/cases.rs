@@ -475,47 +475,60 @@ pub fn show(
         }
         writeln!(out, "     triage: {}", findings_summary(&msg.findings))?;
     }
-    writeln!(out, "replies:")?;
-    if d.replies.is_empty() {
-        writeln!(out, "  none")?;
-    }
-    for r in &d.replies {
-        writeln!(
-            out,
-            "  {} to {} {} {} attempts={} queued {}",
-            r.kind, r.recipient, r.msgid, r.status, r.attempts, r.queued_at
-        )?;
-        match r.status.as_str() {
-            "sent" => writeln!(out, "     sent {}", opt(&r.sent_at))?,
-            "pending" if r.attempts > 0 => writeln!(
-                out,
-                "     next attempt {}; last error: {}",
-                r.next_attempt_at,
-                opt(&r.last_error)
-            )?,
-            "sending" => writeln!(
-                out,
-                "     being sent since {} (if no process is sending it, it becomes unknown)",
-                opt(&r.last_attempt_at)
-            )?,
-            "unknown" => writeln!(
-                out,
-                "     UNKNOWN whether it was delivered: {}\n     check with the recipient, or send it again: legal-intake cases resend {}",
-                opt(&r.last_error),
-                c.reference
-            )?,
-            "failed" => writeln!(
-                out,
-                "     FAILED: {}\n     send it again: legal-intake cases resend {}",
-                opt(&r.last_error),
-                c.reference
-            )?,
-            _ => {}
+    // The outgoing rows of the case: replies to the sender, then the
+    // legal team's notices.
+    let (notices, replies): (Vec<&ReplyRow>, Vec<&ReplyRow>) =
+        d.replies.iter().partition(|r| r.kind == "notice");
+    for (title, rows) in [("replies", replies), ("notices", notices)] {
+        writeln!(out, "{title}:")?;
+        if rows.is_empty() {
+            writeln!(out, "  none")?;
+        }
+        for r in rows {
+            outgoing(out, c, r)?;
         }
     }
     writeln!(out, "events:")?;
     for e in &d.events {
         writeln!(out, "  {} {} {} {} {}", e.id, e.at, e.actor, e.kind, e.data)?;
+    }
+    Ok(())
+}
+
+/// One reply or notice of a case and where its delivery stands.
+fn outgoing(out: &mut dyn Write, c: &Case, r: &ReplyRow) -> anyhow::Result<()> {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
+    writeln!(
+        out,
+        "  {} to {} {} {} attempts={} queued {}",
+        r.kind, r.recipient, r.msgid, r.status, r.attempts, r.queued_at
+    )?;
+    match r.status.as_str() {
+        "sent" => writeln!(out, "     sent {}", opt(&r.sent_at))?,
+        "pending" if r.attempts > 0 => writeln!(
+            out,
+            "     next attempt {}; last error: {}",
+            r.next_attempt_at,
+            opt(&r.last_error)
+        )?,
+        "sending" => writeln!(
+            out,
+            "     being sent since {} (if no process is sending it, it becomes unknown)",
+            opt(&r.last_attempt_at)
+        )?,
+        "unknown" => writeln!(
+            out,
+            "     UNKNOWN whether it was delivered: {}\n     check with the recipient, or send it again: legal-intake cases resend {}",
+            opt(&r.last_error),
+            c.reference
+        )?,
+        "failed" => writeln!(
+            out,
+            "     FAILED: {}\n     send it again: legal-intake cases resend {}",
+            opt(&r.last_error),
+            c.reference
+        )?,
+        _ => {}
     }
     Ok(())
 }

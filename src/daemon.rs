@@ -14,11 +14,14 @@
 //! crash between commit and move, a redelivered copy or a UIDVALIDITY
 //! change only ever leads to a move, never to a second filing.
 //!
-//! Replies are sent by a task of its own (`outbox::worker`, with its own
-//! connection to the case log), woken after every pass and every minute
-//! for retries, so neither a slow SMTP server nor a slow IMAP server holds
-//! up the other. `run --once` makes one attempt at every queued reply, due
-//! or not, after its pass (and even when the pass could not run).
+//! Replies and the legal team's notices are sent by a task of its own
+//! (`outbox::worker`, with its own connection to the case log), woken
+//! after every pass and every minute for retries, so neither a slow SMTP
+//! server nor a slow IMAP server holds up the other; the same task queues
+//! the daily digest when its local hour has come. `run --once` queues
+//! today's digest too if its hour has passed and it is missing, then
+//! makes one attempt at every queued row, due or not, after its pass (and
+//! even when the pass could not run).
 //!
 //! Shutdown (SIGTERM, SIGINT) is a cancellation token that is looked at
 //! between batches and while waiting, never in the middle of filing: the
@@ -177,6 +180,17 @@ impl Daemon {
         if !mailer.can_send() {
             tracing::warn!("no [smtp] section: replies are queued but not sent");
         }
+        // `run --once` stands in for the daemon where it runs from a
+        // timer, so it queues today's digest as the daemon would — when
+        // the digest hour has passed and today's is missing — after its
+        // pass (the digest then includes what the pass filed) and before
+        // the drain that sends it. A second run the same day finds it
+        // queued and adds nothing.
+        let mut ok = passed;
+        if let Err(e) = outbox::queue_digest_if_due(&self.outbox_store, &mailer, self.clock).await {
+            tracing::error!(error = %format!("{e:#}"), "queuing the daily digest failed");
+            ok = false;
+        }
         let t = outbox::drain(
             &self.outbox_store,
             &mailer,
@@ -193,7 +207,7 @@ impl Daemon {
             unknown = t.unknown,
             "replies attempted"
         );
-        Ok(passed)
+        Ok(ok)
     }
 
     /// The pass of `run --once`; false when it could not complete.

@@ -19,6 +19,7 @@
 //! - [`verify`]: the `verify` command's output.
 //! - [`logging`]: journald, JSON or text log lines.
 //! - [`triage`]: request kind, emergency flag and identifiers read from the text, pure.
+//! - [`cli`]: the command line's clap definitions (also used for the man page).
 //! - [`clock`]: the stored form of times, and the clock passed down from `main`.
 //! - [`case`]: references, statuses and their transitions, the case record.
 //! - [`store`]: the SQLite case log: schema, migrations, every SQL statement.
@@ -30,6 +31,7 @@
 //! - [`daemon`]: `run`: passes over the mailbox, IDLE, reconnection, signals, systemd.
 //! - [`imap`]: the IMAP edge: connect, IDLE/poll, fetch, move.
 //! - [`reply`]: a queued reply rendered from its template, pure.
+//! - [`notice`]: the legal team's notices and daily digest: facts and rendering, pure.
 //! - [`outbox`]: the outgoing queue: claim, render, sign, send, record; retries and `unknown`.
 //! - [`smtp`]: the SMTP edge: one transaction per reply, and what its failure means.
 
@@ -37,6 +39,7 @@ pub mod audit;
 pub mod authenticate;
 pub mod case;
 pub mod cases;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
@@ -48,6 +51,7 @@ pub mod ingest;
 pub mod judge;
 pub mod logging;
 pub mod message;
+pub mod notice;
 pub mod outbox;
 pub mod pipeline;
 pub mod reply;

@@ -1,16 +1,22 @@
-//! The outgoing queue: replies queued at filing time are sent from here.
+//! The outgoing queue: replies and the legal team's notices, queued at
+//! filing time, and the daily digest are sent from here.
 //!
-//! [`drain`] takes the replies that are due, and for each one:
+//! [`drain`] takes the rows that are due, and for each one:
 //!
 //! ```text
-//! claim (pending → sending, committed) ─▶ render (reply) ─▶ DKIM-sign ─▶ SMTP (smtp) ─▶ record
+//! claim (pending → sending, committed) ─▶ render (reply | notice) ─▶ DKIM-sign ─▶ SMTP (smtp) ─▶ record
 //! ```
 //!
-//! A row's life (every change is an audit event of the same name):
+//! The queue holds four kinds of row: the two replies (`acknowledgement`,
+//! `rejection`) to a request's sender, an internal `notice` to each
+//! `notify.to` address per filed message, and the daily `digest` to each
+//! of them. They share one life, and the same `reply_*` delivery events
+//! (each names its outbox row; the row says what it is):
 //!
 //! | from | to | event | when |
 //! |---|---|---|---|
-//! | (filed) | `pending` | `reply_queued` | the filing transaction queued it |
+//! | (filed) | `pending` | `reply_queued`, `notice_queued` | the filing transaction queued it |
+//! | (the digest hour) | `pending` | `digest_queued` | [`queue_digest_if_due`] queued the day's digest |
 //! | `pending` | `sending` | `reply_sending` | an attempt starts; committed before any byte goes out |
 //! | `sending` | `sent` | `reply_sent` | the server's final reply was positive |
 //! | `sending` | `pending` | `reply_retry` | not accepted (server down, 4xx, TLS, AUTH): next try after 1, 2, 4 … minutes, at most an hour apart |
@@ -28,6 +34,11 @@
 //!
 //! Sending never holds up filing: the daemon drains on a task of its own
 //! with its own connection to the case log, and a send has a time limit.
+//!
+//! The daily digest is queued by that same task (and by `run --once`)
+//! once the machine's local hour has reached `notify.digest_hour` and the
+//! day's digest is missing; its `dedupe_key` (`digest:YYYY-MM-DD:address`)
+//! is unique, so neither a restart nor two processes ever queue one twice.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -46,9 +57,10 @@ use crate::audit::{self, SYSTEM_ACTOR, kind, sha256_hex};
 use crate::case::{Case, ReplyKind};
 use crate::clock::{Clock, parse_instant, stamp};
 use crate::config::{Config, ConfigError, DkimSigning};
+use crate::notice::{self, DigestFacts, Envelope, NoticeFacts};
 use crate::reply::{self, Reply, Templates};
 use crate::smtp::{self, Delivery};
-use crate::store::{AttemptEnd, ReplyRow, Store};
+use crate::store::{AttemptEnd, NewDigest, ReplyRow, Store};
 
 /// The longest one SMTP transaction may take.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -180,6 +192,12 @@ pub struct Mailer {
     templates: Templates,
     /// `smtp.from`.
     from: String,
+    /// The `notify.to` addresses, each once (empty without `[notify]`),
+    /// and the local hour of the daily digest.
+    notify_to: Vec<String>,
+    digest_hour: u8,
+    /// The domain of the digests' Message-IDs.
+    msgid_domain: String,
 }
 
 /// The folder the reply templates are read from: `templates` beside the
@@ -225,6 +243,9 @@ impl Mailer {
                 .as_ref()
                 .map(|s| s.from.clone())
                 .unwrap_or_default(),
+            notify_to: crate::pipeline::notify_recipients(config),
+            digest_hour: config.notify.as_ref().map_or(0, |n| n.digest_hour),
+            msgid_domain: crate::pipeline::msgid_domain(config),
         })
     }
 
@@ -255,10 +276,26 @@ pub struct Tally {
 /// A claimed row with what rendering it needs.
 struct Job {
     row: ReplyRow,
-    case: Case,
+    /// The case it is about (`None` for a digest).
+    case: Option<Case>,
+    /// When the request a reply answers was received.
     received: OffsetDateTime,
-    /// Message-IDs from the request's `In-Reply-To`/`References`.
+    /// Message-IDs from the request's `In-Reply-To`/`References` (replies
+    /// only).
     thread: Vec<String>,
+}
+
+impl Job {
+    fn reference(&self) -> String {
+        self.case
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |c| c.reference.to_string())
+    }
+}
+
+/// Whether an outbox kind is a reply to a request's sender.
+fn is_reply(kind: &str) -> bool {
+    matches!(kind, "acknowledgement" | "rejection")
 }
 
 /// Runs a store operation on a blocking thread.
@@ -298,13 +335,15 @@ pub async fn recover(store: &SharedStore, clock: Clock) -> anyhow::Result<u32> {
                     &ops,
                     &at,
                     SYSTEM_ACTOR,
-                    Some(row.case_id),
+                    row.case_id,
                     kind::REPLY_UNKNOWN,
                     &json!({ "outbox": row.id, "attempt": row.attempts, "error": error }),
                 )?;
-                let reference = ops
-                    .case_by_id(row.case_id)?
-                    .map_or_else(|| "-".to_string(), |c| c.reference.to_string());
+                let reference = match row.case_id {
+                    Some(id) => ops.case_by_id(id)?,
+                    None => None,
+                }
+                .map_or_else(|| "-".to_string(), |c| c.reference.to_string());
                 tracing::warn!(case = %reference, outbox = row.id, kind = %row.kind, to = %row.recipient, status = %"unknown", attempt = row.attempts, error = ?error, "reply");
                 n += 1;
             }
@@ -359,10 +398,18 @@ pub async fn drain(
         };
         let status = record(store, &job, delivery.clone(), facts, clock).await?;
         let ms = started.elapsed().as_millis();
+        let reference = job.reference();
+        // Replies log as "reply", the team's mail as "notice", so that a
+        // grep for either finds only its own.
+        let what = if is_reply(&job.row.kind) {
+            "reply"
+        } else {
+            "notice"
+        };
         match &delivery {
             Delivery::Accepted(reply) => {
                 tally.sent += 1;
-                tracing::info!(case = %job.case.reference, outbox = job.row.id, kind = %job.row.kind, to = %job.row.recipient, status = %status, attempt = job.row.attempts, ms, detail = ?reply, "reply");
+                tracing::info!(case = %reference, outbox = job.row.id, kind = %job.row.kind, to = %job.row.recipient, status = %status, attempt = job.row.attempts, ms, detail = ?reply, "{what}");
             }
             Delivery::Transient(e) | Delivery::Permanent(e) | Delivery::Unknown(e) => {
                 match status {
@@ -370,7 +417,7 @@ pub async fn drain(
                     "failed" => tally.failed += 1,
                     _ => tally.unknown += 1,
                 }
-                tracing::warn!(case = %job.case.reference, outbox = job.row.id, kind = %job.row.kind, to = %job.row.recipient, status = %status, attempt = job.row.attempts, ms, error = ?e, "reply");
+                tracing::warn!(case = %reference, outbox = job.row.id, kind = %job.row.kind, to = %job.row.recipient, status = %status, attempt = job.row.attempts, ms, error = ?e, "{what}");
             }
         }
     }
@@ -390,27 +437,40 @@ async fn claim(store: &SharedStore, id: i64, clock: Clock) -> anyhow::Result<Opt
         let row = ops
             .reply(id)?
             .ok_or_else(|| anyhow::anyhow!("queued reply {id} vanished"))?;
-        let case = ops
-            .case_by_id(row.case_id)?
-            .ok_or_else(|| anyhow::anyhow!("the case of queued reply {id} is missing"))?;
-        let message = ops
-            .message(row.message_id, true)?
-            .ok_or_else(|| anyhow::anyhow!("the request of queued reply {id} is missing"))?;
+        let case = match row.case_id {
+            Some(case_id) => Some(ops.case_by_id(case_id)?.ok_or_else(|| {
+                anyhow::anyhow!("the case of queued {} {id} is missing", row.kind)
+            })?),
+            None => None,
+        };
+        // Only a reply needs the request itself (its thread); a notice
+        // carries what it says.
+        let message = match row.message_id {
+            Some(message_id) if is_reply(&row.kind) => {
+                Some(ops.message(message_id, true)?.ok_or_else(|| {
+                    anyhow::anyhow!("the request of queued reply {id} is missing")
+                })?)
+            }
+            _ => None,
+        };
         audit::append(
             &ops,
             &at,
             SYSTEM_ACTOR,
-            Some(row.case_id),
+            row.case_id,
             kind::REPLY_SENDING,
             &json!({ "outbox": id, "attempt": row.attempts }),
         )?;
         tx.commit()?;
         let thread = message
-            .raw
-            .as_deref()
+            .as_ref()
+            .and_then(|m| m.raw.as_deref())
             .map(|raw| crate::message::parse(raw, usize::MAX).thread_ids)
             .unwrap_or_default();
-        let received = parse_instant(&message.received_at).unwrap_or_else(|| clock.now());
+        let received = message
+            .as_ref()
+            .and_then(|m| parse_instant(&m.received_at))
+            .unwrap_or_else(|| clock.now());
         Ok(Some(Job {
             row,
             case,
@@ -421,20 +481,45 @@ async fn claim(store: &SharedStore, id: i64, clock: Clock) -> anyhow::Result<Opt
     .await
 }
 
-/// The reply's bytes, signed when a key is configured.
+/// The row's message, signed when a key is configured.
 fn render(mailer: &Mailer, job: &Job, now: OffsetDateTime) -> anyhow::Result<Vec<u8>> {
+    let envelope = || Envelope {
+        from: &mailer.from,
+        to: &job.row.recipient,
+        message_id: &job.row.msgid,
+        in_reply_to: job.row.in_reply_to.as_deref(),
+        date: now,
+    };
+    let payload = || {
+        job.row
+            .payload
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("queued {} {} says nothing", job.row.kind, job.row.id))
+    };
     let kind = match job.row.kind.as_str() {
         "acknowledgement" => ReplyKind::Acknowledgement,
         "rejection" => ReplyKind::Rejection,
+        "notice" => {
+            let facts: NoticeFacts = serde_json::from_str(payload()?)?;
+            return sign(mailer, notice::render_notice(&facts, &envelope()));
+        }
+        "digest" => {
+            let facts: DigestFacts = serde_json::from_str(payload()?)?;
+            return sign(mailer, notice::render_digest(&facts, &envelope()));
+        }
         other => anyhow::bail!("queued reply {} has an unknown kind {other}", job.row.id),
     };
-    let reference = job.case.reference.to_string();
+    let case = job
+        .case
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("queued reply {} is about no case", job.row.id))?;
+    let reference = case.reference.to_string();
     let bytes = reply::render(
         &mailer.templates,
         &Reply {
             kind,
             reference: &reference,
-            agency: job.case.agency.as_deref(),
+            agency: case.agency.as_deref(),
             from: &mailer.from,
             to: &job.row.recipient,
             original_subject: job.row.subject.as_deref(),
@@ -445,8 +530,13 @@ fn render(mailer: &Mailer, job: &Job, now: OffsetDateTime) -> anyhow::Result<Vec
             date: now,
         },
     );
+    sign(mailer, bytes)
+}
+
+/// Rendered bytes, DKIM-signed when a key is configured.
+fn sign(mailer: &Mailer, bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
     if bytes.is_empty() {
-        anyhow::bail!("the reply could not be rendered");
+        anyhow::bail!("the message could not be rendered");
     }
     match &mailer.signer {
         Some(signer) => signer.sign(&bytes),
@@ -533,9 +623,140 @@ async fn record(
             // record stands.
             anyhow::bail!("queued reply {id} was no longer sending when its outcome came in");
         }
-        audit::append(&ops, &at, SYSTEM_ACTOR, Some(case_id), event, &data)?;
+        audit::append(&ops, &at, SYSTEM_ACTOR, case_id, event, &data)?;
         tx.commit()?;
         Ok(status)
+    })
+    .await
+}
+
+/// The machine's local date and hour at an instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    pub date: time::Date,
+    pub hour: u8,
+    /// The zone's IANA name (`Europe/Gibraltar`), or its offset when it
+    /// has none (a POSIX `TZ` rule).
+    pub zone: String,
+}
+
+/// The local date and hour at `now` in the machine's time zone: `TZ`
+/// when set, else `/etc/localtime` (jiff reads both itself, so this is
+/// safe in a multi-threaded process). A zone that cannot be determined is
+/// taken as UTC, with a warning.
+pub fn local(now: OffsetDateTime) -> anyhow::Result<Local> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let tz = jiff::tz::TimeZone::try_system().unwrap_or_else(|e| {
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "cannot tell the local time zone; the digest hour is taken in UTC");
+        }
+        jiff::tz::TimeZone::UTC
+    });
+    let zoned = jiff::Timestamp::from_second(now.unix_timestamp())?.to_zoned(tz);
+    let d = zoned.date();
+    let date = time::Date::from_calendar_date(
+        i32::from(d.year()),
+        time::Month::try_from(u8::try_from(d.month())?)?,
+        u8::try_from(d.day())?,
+    )?;
+    let zone = match zoned.time_zone().iana_name() {
+        Some(name) => name.to_string(),
+        None => format!("UTC{}", zoned.offset()),
+    };
+    Ok(Local {
+        date,
+        hour: u8::try_from(zoned.hour())?,
+        zone,
+    })
+}
+
+/// The unique key of one day's digest to one address.
+pub fn digest_key(day: &str, recipient: &str) -> String {
+    format!("digest:{day}:{}", recipient.to_ascii_lowercase())
+}
+
+/// Queues today's digest (local day) to every `notify.to` address that
+/// has not had it yet, once the local hour has reached
+/// `notify.digest_hour`; returns how many were queued. The check and the
+/// queuing are one write transaction, and the key is unique, so a restart
+/// or a second process never queues a day's digest twice. A digest whose
+/// hour passed while nothing ran (the machine was down) is queued late,
+/// the same day; a day missed entirely is not made up.
+pub async fn queue_digest_if_due(
+    store: &SharedStore,
+    mailer: &Mailer,
+    clock: Clock,
+) -> anyhow::Result<u32> {
+    if mailer.notify_to.is_empty() {
+        return Ok(0);
+    }
+    let now = clock.now();
+    let local = local(now)?;
+    if local.hour < mailer.digest_hour {
+        return Ok(0);
+    }
+    let day = crate::clock::day(local.date);
+    let recipients = mailer.notify_to.clone();
+    let domain = mailer.msgid_domain.clone();
+    with_store(store, move |s| {
+        let tx = s.begin()?;
+        let ops = tx.ops();
+        let mut missing = Vec::new();
+        for to in &recipients {
+            if !ops.queued_key(&digest_key(&day, to))? {
+                missing.push(to);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        // One view of the log for every address: the cases and the head
+        // before any of this digest's own events.
+        let facts = notice::digest(&ops.open_cases()?, local.date, &local.zone, now, ops.head()?);
+        let payload = serde_json::to_string(&facts)?;
+        let payload_sha256 = sha256_hex(payload.as_bytes());
+        let at = stamp(now);
+        let mut queued = 0;
+        for to in missing {
+            let key = digest_key(&day, to);
+            let tag = crate::pipeline::fresh_tag(&[key.as_bytes()]);
+            let msgid = format!("<digest.{day}.{tag}@{domain}>");
+            let Some(outbox) = ops.queue_digest(&NewDigest {
+                recipient: to,
+                msgid: &msgid,
+                dedupe_key: &key,
+                payload: &payload,
+                now: &at,
+            })?
+            else {
+                continue;
+            };
+            audit::append(
+                &ops,
+                &at,
+                SYSTEM_ACTOR,
+                None,
+                kind::DIGEST_QUEUED,
+                &json!({
+                    "outbox": outbox,
+                    "message": null,
+                    "kind": "digest",
+                    "recipient": to,
+                    "msgid": msgid,
+                    "in_reply_to": null,
+                    "day": day,
+                    "zone": local.zone,
+                    "dedupe_key": key,
+                    "head": facts.head,
+                    "payload_sha256": payload_sha256,
+                }),
+            )?;
+            tracing::info!(day = %day, outbox, to = %to, open = facts.open.total, overdue = facts.overdue.total, quarantined = facts.quarantined.total, "digest queued");
+            queued += 1;
+        }
+        tx.commit()?;
+        Ok(queued)
     })
     .await
 }
@@ -549,9 +770,10 @@ pub fn backoff(attempt: i64) -> Duration {
         .min(BACKOFF_MAX)
 }
 
-/// The daemon's sending task: drains due replies when woken (after each
-/// pass) and every [`WAKE_EVERY`] for retries, until `cancel`; the reply
-/// in hand is finished first. The mailer is re-read from `mailer` before
+/// The daemon's sending task: queues the daily digest when its hour has
+/// come, and drains due rows when woken (after each pass) and every
+/// [`WAKE_EVERY`] for retries, until `cancel`; the row in hand is
+/// finished first. The mailer is re-read from `mailer` before
 /// each drain, so a SIGHUP reload applies to the next one.
 pub async fn worker(
     store: SharedStore,
@@ -566,6 +788,9 @@ pub async fn worker(
         if !current.can_send() && !warned_unconfigured {
             tracing::warn!("no [smtp] section: replies are queued but not sent");
             warned_unconfigured = true;
+        }
+        if let Err(e) = queue_digest_if_due(&store, &current, clock).await {
+            tracing::error!(error = %format!("{e:#}"), "queuing the daily digest failed; trying again later");
         }
         if let Err(e) = drain(&store, &current, clock, Scope::Due, &cancel).await {
             tracing::error!(error = %format!("{e:#}"), "sending replies failed; trying again later");

@@ -24,8 +24,17 @@
 //!    its evidence as at receipt;
 //! 7. the reply the decision calls for, queued;
 //! 8. the audit events for all of the above;
+//! 9. when `[notify]` is configured, a notice to each `notify.to` address,
+//!    queued with its `notice_queued` event and threaded to the case's
+//!    first notice to the same address. It carries the chain head after
+//!    step 8 (the hash of this filing's last event), so the mail the team
+//!    holds proves later, with `audit verify --head`, that this filing is
+//!    still in the chain. (A notice cannot carry the hash of the event
+//!    that records it: that hash depends on the notice.)
 //!
-//! and the caller commits. [`Filer::file_batch`] files several messages in
+//! and the caller commits. A duplicate or a deferral stops before any of
+//! this, so it queues no reply and no notice; a notice is committed with
+//! its filing or not at all. [`Filer::file_batch`] files several messages in
 //! one transaction (one fsync for all) and returns only after the commit:
 //! nothing is acknowledged before it is durable.
 
@@ -45,7 +54,8 @@ use crate::decide::{self, Decision, History, Policy, Verdict};
 use crate::domain::normalize_domain;
 use crate::judge::Judge;
 use crate::message::Inbound;
-use crate::store::{NewCase, NewMessage, NewReply, NewVerdict, Ops, Store};
+use crate::notice::{NoticeEvent, NoticeFacts};
+use crate::store::{NewCase, NewMessage, NewNotice, NewReply, NewVerdict, Ops, Store};
 use crate::triage::{Findings, RequestKind, Triage};
 
 /// A message with all the work done that needs no database.
@@ -125,22 +135,61 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub struct Filer {
     pub policy: Policy,
-    /// The domain of our replies' Message-IDs (that of `smtp.from`).
+    /// The domain of our replies' and notices' Message-IDs (that of
+    /// `smtp.from`).
     pub reply_domain: String,
+    /// The `notify.to` addresses, each once; empty without `[notify]`.
+    pub notify_to: Vec<String>,
+}
+
+/// The domain of the Message-IDs of everything we send: that of
+/// `smtp.from`, else the DKIM signing domain.
+pub fn msgid_domain(config: &Config) -> String {
+    config
+        .smtp
+        .as_ref()
+        .and_then(|s| crate::message::parse_address_header(&s.from))
+        .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_string()))
+        .or_else(|| config.dkim_signing.as_ref().map(|d| d.domain.clone()))
+        .unwrap_or_else(|| "legal-intake.invalid".to_string())
+}
+
+/// The `notify.to` addresses with repeats (in any case) left out.
+pub fn notify_recipients(config: &Config) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for to in config.notify.iter().flat_map(|n| &n.to) {
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(to)) {
+            out.push(to.clone());
+        }
+    }
+    out
+}
+
+/// A fresh tag for a Message-ID: unique because `parts` name what it is
+/// for (a request's bytes are filed once, a digest's day and address are
+/// queued once), fresh because it mixes in the time and process.
+pub fn fresh_tag(parts: &[&[u8]]) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.update(nanos.to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    h.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    hex::encode(h.finalize())[..24].to_string()
 }
 
 impl Filer {
     pub fn new(config: &Config) -> Filer {
-        let reply_domain = config
-            .smtp
-            .as_ref()
-            .and_then(|s| crate::message::parse_address_header(&s.from))
-            .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_string()))
-            .or_else(|| config.dkim_signing.as_ref().map(|d| d.domain.clone()))
-            .unwrap_or_else(|| "legal-intake.invalid".to_string());
         Filer {
             policy: Policy::from_config(config),
-            reply_domain,
+            reply_domain: msgid_domain(config),
+            notify_to: notify_recipients(config),
         }
     }
 
@@ -372,8 +421,75 @@ impl Filer {
         }
 
         // 8. The audit events.
+        let mut head = None;
         for (kind, data) in &events {
-            audit::append(ops, &at, SYSTEM_ACTOR, Some(case.id), kind, data)?;
+            head = Some(audit::append(ops, &at, SYSTEM_ACTOR, Some(case.id), kind, data)?.hash);
+        }
+
+        // 9. The legal team's notices.
+        if !self.notify_to.is_empty() {
+            let head = head.ok_or_else(|| anyhow::anyhow!("a filing without audit events"))?;
+            // The case as this filing left it (triage may have changed it).
+            let now_case = ops
+                .case_by_id(case.id)?
+                .ok_or_else(|| anyhow::anyhow!("case {} vanished while filing", case.reference))?;
+            let facts = NoticeFacts {
+                event: if joined.is_some() {
+                    NoticeEvent::MessageAdded
+                } else {
+                    NoticeEvent::NewCase
+                },
+                reference: now_case.reference.to_string(),
+                status: now_case.status.as_str().to_string(),
+                agency: now_case.agency.clone(),
+                decision: verdict.decision.as_str().to_string(),
+                reason: verdict.reason.clone(),
+                kind: now_case.kind.as_str().to_string(),
+                emergency: now_case.emergency,
+                deadline: now_case.deadline.clone(),
+                from: sender.map(str::to_string),
+                authenticated,
+                subject: inbound.subject.clone(),
+                reply: queued.map(|k| k.as_str().to_string()),
+                reply_suppressed: verdict.reply_suppressed.clone(),
+                message_number: ops.message_count(case.id)?,
+                filed_at: at.clone(),
+                head: head.clone(),
+            };
+            let payload = serde_json::to_string(&facts)?;
+            let payload_sha256 = sha256_hex(payload.as_bytes());
+            for to in &self.notify_to {
+                let in_reply_to = ops.first_notice(case.id, to)?;
+                let tag = fresh_tag(&[inbound.sha256.as_bytes(), b"notice", to.as_bytes()]);
+                let msgid = format!("<{}.notice.{tag}@{}>", case.reference, self.reply_domain);
+                let outbox = ops.queue_notice(&NewNotice {
+                    case_id: case.id,
+                    message_id,
+                    recipient: to,
+                    msgid: &msgid,
+                    in_reply_to: in_reply_to.as_deref(),
+                    subject: inbound.subject.as_deref(),
+                    payload: &payload,
+                    now: &at,
+                })?;
+                audit::append(
+                    ops,
+                    &at,
+                    SYSTEM_ACTOR,
+                    Some(case.id),
+                    kind::NOTICE_QUEUED,
+                    &json!({
+                        "outbox": outbox,
+                        "message": message_id,
+                        "kind": "notice",
+                        "recipient": to,
+                        "msgid": msgid,
+                        "in_reply_to": in_reply_to,
+                        "head": head,
+                        "payload_sha256": payload_sha256,
+                    }),
+                )?;
+            }
         }
 
         Ok(Outcome {
@@ -429,20 +545,9 @@ impl Filer {
         Ok(None)
     }
 
-    /// A new Message-ID for a reply: unique because the request's bytes
-    /// are filed once, fresh because it mixes in the time and process.
+    /// A new Message-ID for a reply (see [`fresh_tag`]).
     fn reply_msgid(&self, reference: Reference, request_sha256: &str, kind: ReplyKind) -> String {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let mut h = Sha256::new();
-        h.update(request_sha256.as_bytes());
-        h.update(kind.as_str().as_bytes());
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        h.update(nanos.to_le_bytes());
-        h.update(std::process::id().to_le_bytes());
-        h.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-        let tag = &hex::encode(h.finalize())[..24];
+        let tag = fresh_tag(&[request_sha256.as_bytes(), kind.as_str().as_bytes()]);
         format!("<{reference}.{tag}@{}>", self.reply_domain)
     }
 }
@@ -515,7 +620,7 @@ pub fn log_outcome(uid: Option<u32>, o: &Outcome, ms: Option<f64>) {
         from = %o.from.as_deref().unwrap_or("-"),
         decision = %o.decision,
         reply = %o.reply.map_or("none", |k| k.as_str()),
-        filing = o.filing.as_str(),
+        filing = %o.filing.as_str(),
         ms = %ms.map_or_else(|| "-".to_string(), |m| format!("{m:.0}")),
         reason = ?o.reason,
         "message"

@@ -368,8 +368,9 @@ fn fold(name: &str, value: &str) -> String {
     out
 }
 
-/// `Name <address>` or a bare address from the configuration.
-fn parse_from(from: &str) -> mail_builder::headers::address::Address<'static> {
+/// `Name <address>` or a bare address from the configuration; shared
+/// with internal notices.
+pub fn parse_from(from: &str) -> mail_builder::headers::address::Address<'static> {
     let from = clean(from, 320);
     match (from.rfind('<'), from.rfind('>')) {
         (Some(l), Some(r)) if l < r => {

@@ -31,7 +31,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Schema migrations; `MIGRATIONS[i]` takes `user_version` from `i` to
 /// `i + 1`. Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -174,6 +174,52 @@ SELECT id, case_id, message_id, kind, recipient, msgid, in_reply_to, subject,
     status, attempts, next_attempt_at, queued_at, sent_at, last_error, queued_at FROM outbox;
 DROP TABLE outbox;
 ALTER TABLE outbox_v2 RENAME TO outbox;
+CREATE INDEX outbox_recipient ON outbox (recipient COLLATE NOCASE, queued_at);
+CREATE INDEX outbox_case ON outbox (case_id, kind, queued_at);
+CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+"#;
+
+/// The legal team's mail goes through the same queue as the replies:
+/// `notice` (one per filed message and `notify.to` address, queued in the
+/// filing's transaction) and `digest` (one per local day and address, not
+/// about any one case, so without a case or message). Both carry what
+/// they say as JSON in `payload`, fixed when queued and rendered when
+/// sent (`notice`). `dedupe_key` is unique: a digest's
+/// `digest:YYYY-MM-DD:address` makes a second queuing of the same day's
+/// digest impossible, whichever process tries. The table is rebuilt, as
+/// in V2, to change its CHECK constraints; every row is kept.
+const V3: &str = r#"
+CREATE TABLE outbox_v3 (
+    id INTEGER PRIMARY KEY,
+    case_id INTEGER REFERENCES cases (id),
+    message_id INTEGER REFERENCES messages (id),
+    kind TEXT NOT NULL CHECK (kind IN ('acknowledgement', 'rejection', 'notice', 'digest')),
+    recipient TEXT NOT NULL,
+    msgid TEXT NOT NULL UNIQUE,
+    in_reply_to TEXT,
+    subject TEXT,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'sending', 'sent', 'failed', 'unknown')),
+    attempts INTEGER NOT NULL,
+    next_attempt_at TEXT NOT NULL,
+    queued_at TEXT NOT NULL,
+    sent_at TEXT,
+    last_error TEXT,
+    pending_since TEXT NOT NULL,
+    last_attempt_at TEXT,
+    dedupe_key TEXT UNIQUE,
+    payload TEXT,
+    CHECK ((kind = 'digest') = (case_id IS NULL)),
+    CHECK ((kind = 'digest') = (message_id IS NULL)),
+    CHECK ((kind IN ('notice', 'digest')) = (payload IS NOT NULL))
+) STRICT;
+INSERT INTO outbox_v3 (id, case_id, message_id, kind, recipient, msgid, in_reply_to, subject,
+    status, attempts, next_attempt_at, queued_at, sent_at, last_error, pending_since,
+    last_attempt_at)
+SELECT id, case_id, message_id, kind, recipient, msgid, in_reply_to, subject,
+    status, attempts, next_attempt_at, queued_at, sent_at, last_error, pending_since,
+    last_attempt_at FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_v3 RENAME TO outbox;
 CREATE INDEX outbox_recipient ON outbox (recipient COLLATE NOCASE, queued_at);
 CREATE INDEX outbox_case ON outbox (case_id, kind, queued_at);
 CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
@@ -433,6 +479,33 @@ pub struct NewReply<'a> {
     pub now: &'a str,
 }
 
+/// An internal notice to queue: one filed message, one `notify.to`
+/// address; `payload` is the notice's content as JSON (see `notice`).
+#[derive(Debug, Clone)]
+pub struct NewNotice<'a> {
+    pub case_id: i64,
+    pub message_id: i64,
+    pub recipient: &'a str,
+    pub msgid: &'a str,
+    /// The Message-ID of the case's first notice to this address.
+    pub in_reply_to: Option<&'a str>,
+    /// The filed message's subject (already sanitised).
+    pub subject: Option<&'a str>,
+    pub payload: &'a str,
+    pub now: &'a str,
+}
+
+/// A daily digest to queue for one address.
+#[derive(Debug, Clone)]
+pub struct NewDigest<'a> {
+    pub recipient: &'a str,
+    pub msgid: &'a str,
+    /// Unique over the whole queue (`digest:YYYY-MM-DD:address`).
+    pub dedupe_key: &'a str,
+    pub payload: &'a str,
+    pub now: &'a str,
+}
+
 /// A stored message (the raw bytes only when asked for).
 #[derive(Debug, Clone, Serialize)]
 pub struct MessageRow {
@@ -471,13 +544,16 @@ pub struct VerdictRow {
     pub evidence_json: String,
 }
 
-/// A queued reply.
+/// A row of the outgoing queue: a reply (`acknowledgement`,
+/// `rejection`), an internal `notice` or a daily `digest`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplyRow {
     pub id: i64,
+    /// The case it is about; `None` for a digest.
     #[serde(skip)]
-    pub case_id: i64,
-    pub message_id: i64,
+    pub case_id: Option<i64>,
+    /// The filed message it answers or announces; `None` for a digest.
+    pub message_id: Option<i64>,
     pub kind: String,
     pub recipient: String,
     pub msgid: String,
@@ -494,6 +570,13 @@ pub struct ReplyRow {
     pub pending_since: String,
     /// When the latest attempt started.
     pub last_attempt_at: Option<String>,
+    /// The unique key of a row that must never be queued twice (a day's
+    /// digest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dedupe_key: Option<String>,
+    /// What a notice or digest says (JSON), fixed when it was queued.
+    #[serde(skip)]
+    pub payload: Option<String>,
 }
 
 /// The states of a queued reply (the `outbox.status` column).
@@ -630,7 +713,8 @@ fn verdict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VerdictRow> {
 }
 
 const REPLY_COLUMNS: &str = "id, case_id, message_id, kind, recipient, msgid, in_reply_to, subject, \
-     status, attempts, next_attempt_at, queued_at, sent_at, last_error, pending_since, last_attempt_at";
+     status, attempts, next_attempt_at, queued_at, sent_at, last_error, pending_since, last_attempt_at, \
+     dedupe_key, payload";
 
 fn reply_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReplyRow> {
     Ok(ReplyRow {
@@ -650,6 +734,8 @@ fn reply_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReplyRow> {
         last_error: r.get(13)?,
         pending_since: r.get(14)?,
         last_attempt_at: r.get(15)?,
+        dedupe_key: r.get(16)?,
+        payload: r.get(17)?,
     })
 }
 
@@ -724,7 +810,8 @@ impl Ops<'_> {
             .query_row(params![sha256, now, reason], |r| r.get(0))?)
     }
 
-    /// Replies queued to this address since `since` (any case, any kind),
+    /// Replies queued to this address since `since` (any case, either
+    /// reply kind; the legal team's notices and digests are not replies),
     /// counted up to `cap`: the decision only asks whether the daily limit
     /// is reached, and a busy sender must not make every filing slower.
     pub fn replies_to_since(&self, recipient: &str, since: &str, cap: u32) -> anyhow::Result<u32> {
@@ -732,7 +819,8 @@ impl Ops<'_> {
             .c
             .prepare_cached(
                 "SELECT count(*) FROM (SELECT 1 FROM outbox \
-                 WHERE recipient = ?1 COLLATE NOCASE AND queued_at > ?2 LIMIT ?3)",
+                 WHERE recipient = ?1 COLLATE NOCASE AND queued_at > ?2 \
+                 AND kind IN ('acknowledgement', 'rejection') LIMIT ?3)",
             )?
             .query_row(params![recipient, since, cap], |r| r.get(0))?)
     }
@@ -752,14 +840,15 @@ impl Ops<'_> {
             .query_row(params![case_id, kind.as_str(), since], |r| r.get(0))?)
     }
 
-    /// The case holding a message, or a reply of ours, with this
-    /// Message-ID.
+    /// The case holding a message, or a reply or notice of ours, with
+    /// this Message-ID (a digest is about no one case).
     pub fn case_by_msgid(&self, msgid: &str) -> anyhow::Result<Option<Case>> {
         let id: Option<i64> = self
             .c
             .prepare_cached(
                 "SELECT case_id FROM messages WHERE msgid = ?1 \
-                 UNION ALL SELECT case_id FROM outbox WHERE msgid = ?1 LIMIT 1",
+                 UNION ALL SELECT case_id FROM outbox WHERE msgid = ?1 AND case_id IS NOT NULL \
+                 LIMIT 1",
             )?
             .query_row([msgid], |r| r.get(0))
             .optional()?;
@@ -926,6 +1015,69 @@ impl Ops<'_> {
                 r.now,
             ])?;
         Ok(self.c.last_insert_rowid())
+    }
+
+    /// Queues an internal notice: pending, never tried, due now.
+    pub fn queue_notice(&self, n: &NewNotice<'_>) -> anyhow::Result<i64> {
+        self.c
+            .prepare_cached(
+                "INSERT INTO outbox (case_id, message_id, kind, recipient, msgid, in_reply_to, subject, \
+                 status, attempts, next_attempt_at, queued_at, pending_since, payload) \
+                 VALUES (?1, ?2, 'notice', ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7, ?7, ?8)",
+            )?
+            .execute(params![
+                n.case_id,
+                n.message_id,
+                n.recipient,
+                n.msgid,
+                n.in_reply_to,
+                n.subject,
+                n.now,
+                n.payload,
+            ])?;
+        Ok(self.c.last_insert_rowid())
+    }
+
+    /// The Message-ID of the first notice about a case to this address
+    /// (the one later notices thread to).
+    pub fn first_notice(&self, case_id: i64, recipient: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .c
+            .prepare_cached(
+                "SELECT msgid FROM outbox WHERE case_id = ?1 AND kind = 'notice' \
+                 AND recipient = ?2 COLLATE NOCASE ORDER BY id LIMIT 1",
+            )?
+            .query_row(params![case_id, recipient], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Queues a digest unless a row with its `dedupe_key` exists; `None`
+    /// when one does (nothing written).
+    pub fn queue_digest(&self, d: &NewDigest<'_>) -> anyhow::Result<Option<i64>> {
+        let n = self
+            .c
+            .prepare_cached(
+                "INSERT INTO outbox (kind, recipient, msgid, status, attempts, next_attempt_at, \
+                 queued_at, pending_since, dedupe_key, payload) \
+                 VALUES ('digest', ?1, ?2, 'pending', 0, ?3, ?3, ?3, ?4, ?5) \
+                 ON CONFLICT (dedupe_key) DO NOTHING",
+            )?
+            .execute(params![
+                d.recipient,
+                d.msgid,
+                d.now,
+                d.dedupe_key,
+                d.payload
+            ])?;
+        Ok((n == 1).then(|| self.c.last_insert_rowid()))
+    }
+
+    /// Whether a row with this `dedupe_key` was ever queued.
+    pub fn queued_key(&self, dedupe_key: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .c
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE dedupe_key = ?1)")?
+            .query_row([dedupe_key], |r| r.get(0))?)
     }
 
     // ---- The outgoing queue ------------------------------------------------
@@ -1112,6 +1264,23 @@ impl Ops<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Cases not closed, oldest first (the daily digest).
+    pub fn open_cases(&self) -> anyhow::Result<Vec<Case>> {
+        let mut stmt = self.c.prepare(&format!(
+            "SELECT {CASE_COLUMNS} FROM cases WHERE status != 'closed' ORDER BY year, number"
+        ))?;
+        let rows = stmt.query_map([], case_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many messages are filed on a case.
+    pub fn message_count(&self, case_id: i64) -> anyhow::Result<i64> {
+        Ok(self
+            .c
+            .prepare_cached("SELECT count(*) FROM messages WHERE case_id = ?1")?
+            .query_row([case_id], |r| r.get(0))?)
+    }
+
     /// Every message and verdict row of the log without the bytes (the
     /// audit cross-checks).
     pub fn all_messages(&self) -> anyhow::Result<Vec<MessageRow>> {
@@ -1260,6 +1429,121 @@ mod tests {
         let row = ops.reply(1).unwrap().unwrap();
         assert_eq!((row.status.as_str(), row.attempts), ("pending", 0));
         assert_eq!(row.pending_since, "2026-01-02T00:00:00Z");
+    }
+
+    #[test]
+    fn a_v2_outbox_keeps_its_rows_and_takes_notices_and_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(V1).unwrap();
+        conn.execute_batch(V2).unwrap();
+        conn.execute_batch(
+            "INSERT INTO cases (reference, year, number, status, authenticated, kind, emergency, \
+               user_notice, opened_at, updated_at) VALUES ('LR-2026-0001', 2026, 1, 'received', 1, \
+               'other', 0, 'unknown', 't', 't');
+             INSERT INTO messages (case_id, sha256, raw, size, source, received_at, findings) \
+               VALUES (1, 'h', x'00', 1, 's', 't', '{}');
+             INSERT INTO outbox (case_id, message_id, kind, recipient, msgid, in_reply_to, status, \
+               attempts, next_attempt_at, queued_at, sent_at, pending_since, last_attempt_at) \
+               VALUES (1, 1, 'acknowledgement', 'a@b.c', '<m@x>', '<r@b.c>', 'sent', 1, \
+               '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z', \
+               '2026-01-01T00:00:00Z', '2026-01-01T00:00:01Z');
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.user_version().unwrap(), SCHEMA_VERSION);
+        let ops = store.read();
+        let row = ops.reply(1).unwrap().unwrap();
+        assert_eq!(
+            (
+                row.case_id,
+                row.message_id,
+                row.kind.as_str(),
+                row.status.as_str(),
+                row.in_reply_to.as_deref(),
+                row.last_attempt_at.as_deref(),
+                row.dedupe_key.as_deref(),
+                row.payload.as_deref(),
+            ),
+            (
+                Some(1),
+                Some(1),
+                "acknowledgement",
+                "sent",
+                Some("<r@b.c>"),
+                Some("2026-01-01T00:00:01Z"),
+                None,
+                None
+            )
+        );
+        // Notices are not replies: neither the per-sender cap nor the
+        // 7-day rule counts them.
+        let notice = ops
+            .queue_notice(&NewNotice {
+                case_id: 1,
+                message_id: 1,
+                recipient: "team@b.c",
+                msgid: "<n1@x>",
+                in_reply_to: None,
+                subject: Some("s"),
+                payload: "{}",
+                now: "2026-01-02T00:00:00Z",
+            })
+            .unwrap();
+        assert_eq!(
+            ops.first_notice(1, "TEAM@b.c").unwrap().as_deref(),
+            Some("<n1@x>")
+        );
+        assert_eq!(
+            ops.replies_to_since("team@b.c", "2026-01-01T00:00:00Z", 10)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            ops.replies_to_since("a@b.c", "2025-12-31T00:00:00Z", 10)
+                .unwrap(),
+            1
+        );
+        assert_eq!(ops.case_by_msgid("<n1@x>").unwrap().unwrap().id, 1);
+        let digest = |msgid: &'static str| NewDigest {
+            recipient: "team@b.c",
+            msgid,
+            dedupe_key: "digest:2026-01-02:team@b.c",
+            payload: "{}",
+            now: "2026-01-02T08:00:00Z",
+        };
+        let first = ops.queue_digest(&digest("<d1@x>")).unwrap();
+        assert!(first.is_some() && first != Some(notice));
+        assert!(ops.queued_key("digest:2026-01-02:team@b.c").unwrap());
+        assert!(!ops.queued_key("digest:2026-01-03:team@b.c").unwrap());
+        assert_eq!(
+            ops.queue_digest(&digest("<d2@x>")).unwrap(),
+            None,
+            "once a day"
+        );
+        // A digest is about no case, so its Message-ID threads nothing.
+        assert!(ops.case_by_msgid("<d1@x>").unwrap().is_none());
+        let digest_row = ops.reply(first.unwrap()).unwrap().unwrap();
+        assert_eq!((digest_row.case_id, digest_row.message_id), (None, None));
+        // The constraints hold the kinds to their shapes.
+        for bad in [
+            "INSERT INTO outbox (kind, recipient, msgid, status, attempts, next_attempt_at, \
+             queued_at, pending_since) VALUES ('notice', 'x@y', '<b1@x>', 'pending', 0, 't', 't', 't')",
+            "INSERT INTO outbox (case_id, message_id, kind, recipient, msgid, status, attempts, \
+             next_attempt_at, queued_at, pending_since, payload) VALUES (1, 1, 'digest', 'x@y', \
+             '<b2@x>', 'pending', 0, 't', 't', 't', '{}')",
+            "INSERT INTO outbox (case_id, message_id, kind, recipient, msgid, status, attempts, \
+             next_attempt_at, queued_at, pending_since) VALUES (1, 1, 'notice', 'x@y', '<b3@x>', \
+             'pending', 0, 't', 't', 't')",
+            "INSERT INTO outbox (case_id, message_id, kind, recipient, msgid, status, attempts, \
+             next_attempt_at, queued_at, pending_since) VALUES (1, 1, 'bulletin', 'x@y', '<b4@x>', \
+             'pending', 0, 't', 't', 't')",
+        ] {
+            assert!(store.conn.execute(bad, []).is_err(), "{bad}");
+        }
     }
 
     #[test]

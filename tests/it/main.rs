@@ -4,6 +4,7 @@ mod cases;
 mod daemon;
 mod dovecot;
 mod imap;
+mod notices;
 mod replies;
 mod robustness;
 mod smtp_sink;

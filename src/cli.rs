@@ -1,0 +1,186 @@
+//! The command line: every subcommand and flag, as clap definitions.
+//!
+//! Kept in the library (not in `main.rs`) so that the man page and the
+//! shell completions are generated from the very same definitions
+//! (`cargo run -p xtask -- dist`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::case::{Reference, Status, UserNotice};
+use crate::cases::{self, DateSetting};
+use crate::config;
+use crate::triage::RequestKind;
+
+#[derive(Parser)]
+#[command(
+    name = "legal-intake",
+    version,
+    about = "Files, authenticates and answers legal-process e-mail"
+)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, global = true, value_name = "PATH", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// Log lines on stderr as text or one JSON object each (under systemd,
+    /// text goes to the journal with native fields).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: crate::logging::LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// The daemon: watch the mailbox (IMAP IDLE, polling as fallback), file,
+    /// reply and move; SIGTERM finishes the batch in hand and exits 0.
+    Run {
+        /// One full pass over the mailbox (deferred messages judged again)
+        /// and one attempt at every queued reply, due or not, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Judge messages from files exactly as the daemon would, writing nothing.
+    Verify {
+        /// Print one JSON document (an object for one file, an array for several).
+        #[arg(long)]
+        json: bool,
+        /// Message files; `-` reads standard input.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// File messages into the case log exactly as the daemon would (replies
+    /// queued too): replay and MTA-pipe delivery.
+    Ingest {
+        /// Print one JSON array, one object per message.
+        #[arg(long)]
+        json: bool,
+        /// Message files; `-` reads standard input.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// The case log.
+    Cases {
+        #[command(subcommand)]
+        command: CasesCommand,
+    },
+    /// The tamper-evident audit chain.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Validate the configuration and print a one-line summary.
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+pub enum CasesCommand {
+    /// List cases, oldest first.
+    List {
+        /// Only cases in this status.
+        #[arg(long, value_name = "STATUS", value_parser = parse_status)]
+        status: Option<Status>,
+        /// Print one JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One case: messages with verdicts and evidence, replies, events.
+    Show {
+        /// The case reference, e.g. LR-2026-0001.
+        #[arg(value_name = "ID", value_parser = parse_reference)]
+        id: Reference,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a case along: received → under_review → responded | challenged |
+    /// rejected → closed (see `legal_intake::case` for every rule).
+    SetStatus {
+        #[arg(value_name = "ID", value_parser = parse_reference)]
+        id: Reference,
+        #[arg(value_name = "STATUS", value_parser = parse_status)]
+        status: Status,
+        /// Why (recorded in the audit event; required to reopen a closed case).
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
+    /// Change case fields; each change is an audit event.
+    Set {
+        #[arg(value_name = "ID", value_parser = parse_reference)]
+        id: Reference,
+        /// When the duplicate hard copy was served in person (`none` clears).
+        #[arg(long, value_name = "DATE", value_parser = cases::parse_date_setting)]
+        hard_copy_served: Option<DateSetting>,
+        /// Whether the user may be notified under the legal process.
+        #[arg(long, value_name = "permitted|prohibited|unknown", value_parser = parse_user_notice)]
+        user_notice: Option<UserNotice>,
+        /// Until when notice is prohibited (with `--user-notice prohibited`).
+        #[arg(long, value_name = "DATE", value_parser = cases::parse_date_setting, requires = "user_notice")]
+        until: Option<DateSetting>,
+        /// The response deadline (`none` clears).
+        #[arg(long, value_name = "DATE", value_parser = cases::parse_date_setting)]
+        deadline: Option<DateSetting>,
+        /// Correct the request kind read by triage.
+        #[arg(long, value_name = "KIND", value_parser = parse_kind)]
+        kind: Option<RequestKind>,
+        /// Set or clear the emergency flag (yes or no).
+        #[arg(long, value_name = "yes|no", hide_possible_values = true, value_parser = clap::builder::BoolishValueParser::new())]
+        emergency: Option<bool>,
+        /// A note, recorded with the changes (or alone).
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
+    /// Send a case's replies again whose delivery is unknown or failed
+    /// (queued as pending; the daemon or `run --once` sends them).
+    Resend {
+        #[arg(value_name = "ID", value_parser = parse_reference)]
+        id: Reference,
+        /// Why (recorded in the audit event).
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+    },
+    /// Write the evidence bundle of a case into a new or empty folder.
+    Export {
+        #[arg(value_name = "ID", value_parser = parse_reference)]
+        id: Reference,
+        /// The folder; it must not exist or must be empty.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chain and check every stored message against it.
+    Verify {
+        /// A head hash recorded earlier (a notice, a digest) that must still
+        /// be part of the chain.
+        #[arg(long, value_name = "HASH")]
+        head: Option<String>,
+    },
+}
+
+fn parse_reference(s: &str) -> Result<Reference, String> {
+    s.parse()
+}
+
+fn parse_status(s: &str) -> Result<Status, String> {
+    s.parse()
+}
+
+fn parse_user_notice(s: &str) -> Result<UserNotice, String> {
+    s.parse()
+}
+
+fn parse_kind(s: &str) -> Result<RequestKind, String> {
+    RequestKind::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = RequestKind::ALL.iter().map(|k| k.as_str()).collect();
+        format!("`{s}` is not a request kind; one of: {}", all.join(", "))
+    })
+}
+
+/// The clap command, for the man page and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
