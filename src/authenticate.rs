@@ -539,13 +539,17 @@ impl Authenticator {
         (None, None)
     }
 
-    /// The TXT records of `name`, each record's strings joined.
-    async fn txt(&self, name: &str, deadline: Instant) -> Result<Vec<String>, ()> {
+    /// The TXT records of `name`, each record's strings joined; an empty
+    /// list when the name has none (NXDOMAIN, NODATA); an error saying
+    /// why when the resolver could not find out.
+    pub async fn txt(&self, name: &str, deadline: Instant) -> Result<Vec<String>, String> {
         let lookup = self.inner.resolver.resolver().txt_lookup(name);
-        let lookup = tokio::time::timeout_at(deadline.into(), lookup)
-            .await
-            .map_err(|_| ())?
-            .map_err(|_| ())?;
+        let lookup = match tokio::time::timeout_at(deadline.into(), lookup).await {
+            Err(_) => return Err("no answer in time".to_string()),
+            Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => return Ok(Vec::new()),
+            Ok(Err(e)) => return Err(crate::message::clean(&e.to_string(), 200)),
+            Ok(Ok(lookup)) => lookup,
+        };
         Ok(lookup
             .answers()
             .iter()

@@ -70,8 +70,14 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Validate the configuration and print a one-line summary.
-    CheckConfig,
+    /// Validate the configuration (and the signing key and templates) and
+    /// print a one-line summary; exit 2 naming the file, key and reason.
+    CheckConfig {
+        /// Also log in to IMAP and SMTP and resolve the agency domains,
+        /// one line per check; exit 1 when one fails.
+        #[arg(long)]
+        connect: bool,
+    },
 }
 
 #[derive(Subcommand)]

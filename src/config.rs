@@ -67,6 +67,9 @@ pub struct Config {
     pub store: Store,
     pub limits: Limits,
     pub triage: Triage,
+    /// The Prometheus endpoint of `run`; `None` without a `[metrics]`
+    /// section.
+    pub metrics: Option<Metrics>,
     /// The allowlist of agencies with jurisdiction in Gibraltar.
     pub agencies: Vec<Agency>,
 }
@@ -157,6 +160,18 @@ pub struct Triage {
     pub account_patterns: Vec<String>,
 }
 
+/// The daemon's Prometheus endpoint (`GET /metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// The address and port the endpoint listens on.
+    pub listen: SocketAddr,
+    /// Whether `listen` may be other than a loopback address. The figures
+    /// show how many legal requests arrive, how they were judged and how
+    /// many cases are open and due, which is confidential in itself, so
+    /// serving them beyond the machine has to be asked for explicitly.
+    pub allow_remote: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct Agency {
     pub name: String,
@@ -184,6 +199,7 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     triage: RawTriage,
+    metrics: Option<RawMetrics>,
     #[serde(default)]
     agency: Vec<RawAgency>,
 }
@@ -274,6 +290,13 @@ struct RawTriage {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+    allow_remote: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawAgency {
     name: Option<String>,
     #[serde(default)]
@@ -318,7 +341,9 @@ impl Config {
             self.agencies.len(),
             domains,
             self.store.database.display()
-        )
+        ) + &self.metrics.as_ref().map_or_else(String::new, |m| {
+            format!(", metrics http://{}/metrics", m.listen)
+        })
     }
 }
 
@@ -437,6 +462,7 @@ impl Validator<'_> {
         };
         let limits = self.limits(raw.limits)?;
         let triage = self.triage(raw.triage)?;
+        let metrics = raw.metrics.map(|m| self.metrics(m)).transpose()?;
         let agencies = self.agencies(raw.agency)?;
         Ok(Config {
             path: self.path.to_path_buf(),
@@ -449,6 +475,7 @@ impl Validator<'_> {
             store,
             limits,
             triage,
+            metrics,
             agencies,
         })
     }
@@ -698,6 +725,38 @@ impl Validator<'_> {
         })
     }
 
+    fn metrics(&self, r: RawMetrics) -> Result<Metrics, ConfigError> {
+        let listen = self.non_empty("metrics.listen", r.listen)?;
+        let addr = listen.trim().parse::<SocketAddr>().map_err(|_| {
+            self.err(
+                "metrics.listen",
+                format!(
+                    "`{listen}` is not an address and port such as `127.0.0.1:9187` or `[::1]:9187`"
+                ),
+            )
+        })?;
+        if addr.port() == 0 {
+            return Err(self.err(
+                "metrics.listen",
+                "must name a port (Prometheus has to know where to scrape)",
+            ));
+        }
+        let allow_remote = r.allow_remote.unwrap_or(false);
+        if !addr.ip().is_loopback() && !allow_remote {
+            return Err(self.err(
+                "metrics.listen",
+                format!(
+                    "`{addr}` is reachable from other machines, and the figures reveal case activity; \
+                     listen on 127.0.0.1 or ::1, or set `allow_remote = true` behind a firewall"
+                ),
+            ));
+        }
+        Ok(Metrics {
+            listen: addr,
+            allow_remote,
+        })
+    }
+
     fn agencies(&self, raw: Vec<RawAgency>) -> Result<Vec<Agency>, ConfigError> {
         let mut agencies = Vec::new();
         for (i, a) in raw.into_iter().enumerate() {
@@ -809,6 +868,74 @@ mod tests {
             ),
             "smtp.from",
             "single mailbox",
+        );
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_unless_remote_is_allowed() {
+        let parse = |section: &str| {
+            Config::parse(
+                Path::new("/etc/x/config.toml"),
+                &format!("{MINIMAL}[metrics]\n{section}"),
+            )
+        };
+        for (section, listen) in [
+            ("listen = \"127.0.0.1:9187\"\n", "127.0.0.1:9187"),
+            ("listen = \"[::1]:9187\"\n", "[::1]:9187"),
+            (
+                "listen = \"0.0.0.0:9187\"\nallow_remote = true\n",
+                "0.0.0.0:9187",
+            ),
+            (
+                "listen = \"192.0.2.7:9187\"\nallow_remote = true\n",
+                "192.0.2.7:9187",
+            ),
+        ] {
+            let c = parse(section).unwrap_or_else(|e| panic!("{section}: {e}"));
+            let m = c.metrics.as_ref().expect("a [metrics] section");
+            assert_eq!(m.listen.to_string(), listen);
+            assert!(
+                c.summary()
+                    .ends_with(&format!(", metrics http://{listen}/metrics"))
+            );
+        }
+        let none = Config::parse(Path::new("/c.toml"), MINIMAL).unwrap();
+        assert!(none.metrics.is_none());
+        assert!(!none.summary().contains("metrics"));
+        check(
+            &format!("{MINIMAL}[metrics]\nlisten = \"0.0.0.0:9187\"\n"),
+            "metrics.listen",
+            "allow_remote = true",
+        );
+        check(
+            &format!("{MINIMAL}[metrics]\nlisten = \"[::]:9187\"\nallow_remote = false\n"),
+            "metrics.listen",
+            "reveal case activity",
+        );
+        check(
+            &format!("{MINIMAL}[metrics]\nlisten = \"localhost:9187\"\n"),
+            "metrics.listen",
+            "not an address and port",
+        );
+        check(
+            &format!("{MINIMAL}[metrics]\nlisten = \"127.0.0.1\"\n"),
+            "metrics.listen",
+            "not an address and port",
+        );
+        check(
+            &format!("{MINIMAL}[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+            "metrics.listen",
+            "must name a port",
+        );
+        check(
+            &format!("{MINIMAL}[metrics]\nallow_remote = true\n"),
+            "metrics.listen",
+            "is required",
+        );
+        check(
+            &format!("{MINIMAL}[metrics]\nlisten = \"127.0.0.1:9187\"\npath = \"/m\"\n"),
+            "metrics.path",
+            "unknown field",
         );
     }
 

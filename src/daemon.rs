@@ -28,6 +28,11 @@
 //! batch in hand is filed and moved, the reply in hand is sent and
 //! recorded, then the daemon exits 0. SIGHUP re-reads the configuration
 //! and keeps the old one when the new one is invalid.
+//!
+//! With `[metrics]`, `run` (not `--once`) also serves `GET /metrics` from
+//! a task of its own (`metrics::serve`) with a read-only connection to
+//! the case log; the counters are bumped here and in `outbox` where the
+//! log lines are written.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -44,15 +49,18 @@ use crate::config::Config;
 use crate::decide::Decision;
 use crate::imap::{self, Capability, IdleOutcome, ImapError, Session};
 use crate::judge::Judge;
+use crate::metrics::{self, CaseLog, Metrics};
 use crate::outbox::{self, Mailer, SharedStore};
 use crate::pipeline::{Filer, Filing, Prepared, log_outcome};
 use crate::store::Store;
 use crate::triage::Triage;
 
-/// Messages fetched, judged and filed together: small enough that a
-/// shutdown waits for little and memory stays bounded, large enough that
-/// the commit's fsync is shared.
-const BATCH: usize = 16;
+/// Messages fetched, judged, filed and moved together: at most this many
+/// and [`BATCH_BYTES`] (a larger message travels alone). Large enough that
+/// one commit's fsync and one MOVE are shared by many messages, small
+/// enough that memory stays bounded and a shutdown waits for little.
+const BATCH: usize = 256;
+const BATCH_BYTES: u64 = 8 << 20;
 
 /// IDLE is re-issued this often (RFC 2177 asks for less than 29 minutes).
 const IDLE_REISSUE: Duration = Duration::from_secs(600);
@@ -110,6 +118,12 @@ struct Daemon {
     outbox_store: SharedStore,
     mailer: tokio::sync::watch::Sender<Arc<Mailer>>,
     wake: Arc<tokio::sync::Notify>,
+    /// The token of the IDLE wait in progress, which SIGHUP cancels so a
+    /// reload does not wait for the next wake-up.
+    idle_wake: Arc<Mutex<CancellationToken>>,
+    /// The counters the metrics endpoint serves (kept, and cheap, without
+    /// one).
+    metrics: Arc<Metrics>,
 }
 
 /// Runs the daemon until SIGTERM/SIGINT (or, with `once`, for one pass).
@@ -132,8 +146,26 @@ pub async fn run(
     };
     let store = open(&config).await?;
     let outbox_store = open(&config).await?;
+    let metrics = Arc::new(Metrics::new());
+    // The endpoint is bound before READY=1, so that a port already in use
+    // fails the start instead of leaving a daemon nobody can scrape. The
+    // log exists by now (opened above), so its read-only connection opens.
+    let endpoint = match (&config.metrics, once) {
+        (Some(m), false) => {
+            let listener = metrics::bind(m).await?;
+            let path = config.store.database.clone();
+            let log = tokio::task::spawn_blocking(move || CaseLog::open(&path, clock))
+                .await?
+                .context("cannot open the case log for the metrics endpoint")?;
+            // Bound to loopback, only loopback `Host`s are answered
+            // (DNS rebinding); a remote Prometheus uses its own names.
+            Some((listener, log, !m.listen.ip().is_loopback()))
+        }
+        _ => None,
+    };
     let cancel = CancellationToken::new();
-    let hup = spawn_signal_handlers(cancel.clone())?;
+    let idle_wake = Arc::new(Mutex::new(cancel.child_token()));
+    let hup = spawn_signal_handlers(cancel.clone(), idle_wake.clone())?;
     let setup = Setup::new(config)?;
     let (mailer, mailer_rx) = tokio::sync::watch::channel(setup.mailer.clone());
     let mut daemon = Daemon {
@@ -147,6 +179,8 @@ pub async fn run(
         outbox_store: Arc::new(Mutex::new(outbox_store)),
         mailer,
         wake: Arc::new(tokio::sync::Notify::new()),
+        idle_wake,
+        metrics: metrics.clone(),
     };
     notify(&[sd_notify::NotifyState::Ready]);
     let result = if once {
@@ -158,12 +192,27 @@ pub async fn run(
             clock,
             daemon.wake.clone(),
             cancel.clone(),
+            metrics.clone(),
         ));
+        let server = endpoint.map(|(listener, log, any_host)| {
+            tokio::spawn(metrics::serve(
+                listener,
+                metrics.clone(),
+                log,
+                any_host,
+                cancel.clone(),
+            ))
+        });
         let result = daemon.forever(hup).await;
         // The reply in hand is finished and recorded before the exit.
         cancel.cancel();
         if let Err(e) = sender.await {
             tracing::error!(error = %e, "the reply sender stopped abnormally");
+        }
+        if let Some(server) = server
+            && let Err(e) = server.await
+        {
+            tracing::error!(error = %e, "the metrics endpoint stopped abnormally");
         }
         result
     };
@@ -197,6 +246,7 @@ impl Daemon {
             self.clock,
             outbox::Scope::All,
             &self.cancel,
+            &self.metrics,
         )
         .await
         .context("sending the queued replies")?;
@@ -290,6 +340,10 @@ impl Daemon {
         loop {
             let started = Instant::now();
             let t = self.pass(session, false).await?;
+            // A pass cut short by shutdown saw only part of the mailbox.
+            if !self.cancel.is_cancelled() {
+                self.metrics.pass_completed(t.deferred + t.skipped);
+            }
             // Whatever the pass queued is sent now, by the sender task.
             self.wake.notify_one();
             status(&format!(
@@ -331,10 +385,17 @@ impl Daemon {
                     break;
                 }
                 let piece = watchdog.map_or(left, |w| left.min(w / 3));
-                match session.idle(piece, &self.cancel).await? {
+                // A token of its own for this wait, so that SIGHUP can end
+                // it (the reload is then applied at the top of the loop)
+                // without meaning shutdown.
+                let wait = self.cancel.child_token();
+                if let Ok(mut slot) = self.idle_wake.lock() {
+                    *slot = wait.clone();
+                }
+                match session.idle(piece, &wait).await? {
                     IdleOutcome::NewData => break,
-                    IdleOutcome::Cancelled => return Ok(()),
-                    IdleOutcome::Timeout => {}
+                    IdleOutcome::Cancelled if self.cancel.is_cancelled() => return Ok(()),
+                    IdleOutcome::Cancelled | IdleOutcome::Timeout => {}
                 }
                 if !session.has(Capability::Idle) && Instant::now() >= deadline {
                     break;
@@ -363,20 +424,36 @@ impl Daemon {
         self.uid_validity = Some(selected.uid_validity);
         let mut tally = Tally::default();
         let uids = session.uids().await?;
-        for chunk in uids.chunks(BATCH) {
+        let sizes = session.sizes(&uids).await?;
+        for batch in batches(&sizes) {
             if self.cancel.is_cancelled() {
                 break;
             }
-            let fetched = session.fetch(chunk).await?;
+            // The watchdog hears from every batch, so a long pass over a
+            // backlog is not mistaken for a hang.
+            notify(&[sd_notify::NotifyState::Watchdog]);
+            let fetched = session.fetch(&batch).await?;
             let started = Instant::now();
             let mut moves: Vec<(u32, &str)> = Vec::new();
             let mut examine = Vec::new();
-            for (uid, raw) in fetched {
-                let sha = hex::encode(Sha256::digest(&raw));
-                let filed = self
-                    .with_store(move |s| s.read().filed(&sha).map(|f| (sha, f)))
-                    .await;
-                let (sha, filed) = filed.map_err(store_failure)?;
+            // One trip to the case log for the whole batch: which of these
+            // bytes are filed already.
+            let shas: Vec<String> = fetched
+                .iter()
+                .map(|(_, raw)| hex::encode(Sha256::digest(raw)))
+                .collect();
+            let lookup = shas.clone();
+            let filed = self
+                .with_store(move |s| {
+                    let ops = s.read();
+                    lookup
+                        .iter()
+                        .map(|sha| ops.filed(sha))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                })
+                .await
+                .map_err(store_failure)?;
+            for (((uid, raw), sha), filed) in fetched.into_iter().zip(shas).zip(filed) {
                 if let Some(f) = filed {
                     // Filed before (a crash before the move, a redelivery):
                     // only the move is left to do.
@@ -428,6 +505,9 @@ impl Daemon {
                         }
                     };
                     log_outcome(Some(uid), &outcome, Some(ms));
+                    if !matches!(outcome.filing, Filing::Duplicate) {
+                        self.metrics.message(&outcome.decision);
+                    }
                     match outcome.filing {
                         Filing::Deferred => {
                             tally.deferred += 1;
@@ -448,15 +528,27 @@ impl Daemon {
                     }
                 }
             }
-            // Only now, with the batch committed, do messages leave.
-            for (uid, to) in moves {
-                match session.move_uid(uid, to).await? {
+            // Only now, with the batch committed, do messages leave: one
+            // move per destination folder.
+            for to in [
+                imap_cfg.processed_mailbox.as_str(),
+                imap_cfg.quarantine_mailbox.as_str(),
+            ] {
+                let uids: Vec<u32> = moves
+                    .iter()
+                    .filter(|(_, f)| *f == to)
+                    .map(|(u, _)| *u)
+                    .collect();
+                if uids.is_empty() {
+                    continue;
+                }
+                match session.move_uids(&uids, to).await? {
                     imap::MoveOutcome::FlaggedInPlace => tracing::warn!(
-                        uid,
+                        messages = uids.len(),
                         to,
-                        "the server has neither MOVE nor UIDPLUS: the message was copied and flagged, not removed"
+                        "the server has neither MOVE nor UIDPLUS: messages were copied and flagged, not removed"
                     ),
-                    _ => tally.moved += 1,
+                    _ => tally.moved += uids.len() as u32,
                 }
             }
         }
@@ -479,6 +571,8 @@ impl Daemon {
     }
 
     fn failed(&self, e: &ImapError, last: &mut Option<String>) {
+        // Counted every time, logged once per change of state.
+        self.metrics.imap_error(e.is_transient());
         let text = e.to_string();
         if last.as_deref() != Some(text.as_str()) {
             if e.is_transient() {
@@ -517,6 +611,11 @@ impl Daemon {
             });
         let changed = match result {
             Ok(setup) => {
+                if setup.config.metrics != self.setup.config.metrics {
+                    tracing::warn!(
+                        "the [metrics] section changed; the endpoint keeps its old setting until a restart"
+                    );
+                }
                 self.mailer.send_replace(setup.mailer.clone());
                 self.setup = setup;
                 tracing::info!(config = %self.config_path.display(), "configuration reloaded");
@@ -530,6 +629,27 @@ impl Daemon {
         notify(&[sd_notify::NotifyState::Ready]);
         changed
     }
+}
+
+/// Cuts the mailbox (UIDs with their sizes, ascending) into batches of at
+/// most [`BATCH`] messages and [`BATCH_BYTES`] bytes.
+fn batches(sizes: &[(u32, u32)]) -> Vec<Vec<u32>> {
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    let mut bytes = 0u64;
+    for &(uid, size) in sizes {
+        let fits = out
+            .last()
+            .is_some_and(|b| b.len() < BATCH && bytes + u64::from(size) <= BATCH_BYTES);
+        if !fits {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += u64::from(size);
+        if let Some(b) = out.last_mut() {
+            b.push(uid);
+        }
+    }
+    out
 }
 
 /// The folder a decision's message goes to.
@@ -566,6 +686,7 @@ fn retry_delay(e: &ImapError, backoff: &mut Duration) -> Duration {
 /// SIGTERM and SIGINT cancel; SIGHUP is queued for the main loop.
 fn spawn_signal_handlers(
     cancel: CancellationToken,
+    idle_wake: Arc<Mutex<CancellationToken>>,
 ) -> anyhow::Result<tokio::sync::mpsc::Receiver<()>> {
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -583,6 +704,9 @@ fn spawn_signal_handlers(
         while hup.recv().await.is_some() {
             let _ = tx.try_send(());
             // Wake a waiting IDLE so the reload happens promptly.
+            if let Ok(slot) = idle_wake.lock() {
+                slot.cancel();
+            }
         }
     });
     Ok(rx)
@@ -601,4 +725,34 @@ fn status(text: &str) {
 /// systemd 253+ wants MONOTONIC_USEC with RELOADING=1.
 fn monotonic_usec() -> sd_notify::NotifyState<'static> {
     sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_by_count_and_bytes() {
+        let small: Vec<(u32, u32)> = (1..=600).map(|u| (u, 20_000)).collect();
+        let b = batches(&small);
+        assert_eq!(
+            b.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![256, 256, 88]
+        );
+        assert_eq!(
+            b.concat(),
+            (1..=600).collect::<Vec<u32>>(),
+            "every UID once, in order"
+        );
+
+        let mixed = [
+            (1, 1_000),
+            (2, 40 << 20),
+            (3, 1_000),
+            (4, 5 << 20),
+            (5, 5 << 20),
+        ];
+        assert_eq!(batches(&mixed), vec![vec![1], vec![2], vec![3, 4], vec![5]]);
+        assert!(batches(&[]).is_empty());
+    }
 }

@@ -19,6 +19,7 @@
 //! - [`verify`]: the `verify` command's output.
 //! - [`logging`]: journald, JSON or text log lines.
 //! - [`triage`]: request kind, emergency flag and identifiers read from the text, pure.
+//! - [`check`]: `check-config --connect`: IMAP, SMTP and DNS tried, one line each.
 //! - [`cli`]: the command line's clap definitions (also used for the man page).
 //! - [`clock`]: the stored form of times, and the clock passed down from `main`.
 //! - [`case`]: references, statuses and their transitions, the case record.
@@ -29,6 +30,7 @@
 //! - [`cases`]: the legal team's `cases list|show|set-status|set` commands.
 //! - [`export`]: `cases export`, the evidence bundle with its manifest.
 //! - [`daemon`]: `run`: passes over the mailbox, IDLE, reconnection, signals, systemd.
+//! - [`metrics`]: `run`'s optional Prometheus endpoint: counters, case-log gauges, a tiny HTTP server.
 //! - [`imap`]: the IMAP edge: connect, IDLE/poll, fetch, move.
 //! - [`reply`]: a queued reply rendered from its template, pure.
 //! - [`notice`]: the legal team's notices and daily digest: facts and rendering, pure.
@@ -39,6 +41,7 @@ pub mod audit;
 pub mod authenticate;
 pub mod case;
 pub mod cases;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -51,6 +54,7 @@ pub mod ingest;
 pub mod judge;
 pub mod logging;
 pub mod message;
+pub mod metrics;
 pub mod notice;
 pub mod outbox;
 pub mod pipeline;

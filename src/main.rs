@@ -86,11 +86,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Runs the command; `Ok(false)` is a handled failure (exit 1).
 fn run(cli: Cli) -> Result<bool, Failure> {
     match cli.command {
-        Command::CheckConfig => {
+        Command::CheckConfig { connect } => {
             let config = load(&cli.config)?;
             check_replies(&config)?;
             println!("{}", config.summary());
-            Ok(true)
+            if !connect {
+                return Ok(true);
+            }
+            let rt = runtime()?;
+            let mut out = std::io::stdout().lock();
+            Ok(rt.block_on(legal_intake::check::connect(&config, &mut out))?)
         }
         Command::Run { once } => {
             let config = load(&cli.config)?;

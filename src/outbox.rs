@@ -57,6 +57,7 @@ use crate::audit::{self, SYSTEM_ACTOR, kind, sha256_hex};
 use crate::case::{Case, ReplyKind};
 use crate::clock::{Clock, parse_instant, stamp};
 use crate::config::{Config, ConfigError, DkimSigning};
+use crate::metrics::{Metrics, SendOutcome};
 use crate::notice::{self, DigestFacts, Envelope, NoticeFacts};
 use crate::reply::{self, Reply, Templates};
 use crate::smtp::{self, Delivery};
@@ -315,7 +316,12 @@ async fn with_store<T: Send + 'static>(
 
 /// Settles `sending` rows that no live attempt can own any more as
 /// `unknown`; returns how many.
-pub async fn recover(store: &SharedStore, clock: Clock) -> anyhow::Result<u32> {
+pub async fn recover(
+    store: &SharedStore,
+    clock: Clock,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<u32> {
+    let metrics = metrics.clone();
     with_store(store, move |s| {
         let now = clock.now();
         let before = stamp(now - SENDING_LEASE);
@@ -345,6 +351,7 @@ pub async fn recover(store: &SharedStore, clock: Clock) -> anyhow::Result<u32> {
                 }
                 .map_or_else(|| "-".to_string(), |c| c.reference.to_string());
                 tracing::warn!(case = %reference, outbox = row.id, kind = %row.kind, to = %row.recipient, status = %"unknown", attempt = row.attempts, error = ?error, "reply");
+                metrics.send(SendOutcome::Unknown);
                 n += 1;
             }
         }
@@ -355,16 +362,18 @@ pub async fn recover(store: &SharedStore, clock: Clock) -> anyhow::Result<u32> {
 }
 
 /// One drain of the queue (module documentation). Stops between replies
-/// when `cancel` fires; the reply in hand is finished and recorded.
+/// when `cancel` fires; the reply in hand is finished and recorded. Each
+/// outcome is counted in `metrics` as its log line is written.
 pub async fn drain(
     store: &SharedStore,
     mailer: &Mailer,
     clock: Clock,
     scope: Scope,
     cancel: &CancellationToken,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Tally> {
     let mut tally = Tally::default();
-    tally.unknown += recover(store, clock).await?;
+    tally.unknown += recover(store, clock, metrics).await?;
     let Some(client) = &mailer.client else {
         return Ok(tally);
     };
@@ -406,6 +415,7 @@ pub async fn drain(
         } else {
             "notice"
         };
+        metrics.send(SendOutcome::from_status(status));
         match &delivery {
             Delivery::Accepted(reply) => {
                 tally.sent += 1;
@@ -781,6 +791,7 @@ pub async fn worker(
     clock: Clock,
     wake: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
+    metrics: Arc<Metrics>,
 ) {
     let mut warned_unconfigured = false;
     while !cancel.is_cancelled() {
@@ -792,7 +803,7 @@ pub async fn worker(
         if let Err(e) = queue_digest_if_due(&store, &current, clock).await {
             tracing::error!(error = %format!("{e:#}"), "queuing the daily digest failed; trying again later");
         }
-        if let Err(e) = drain(&store, &current, clock, Scope::Due, &cancel).await {
+        if let Err(e) = drain(&store, &current, clock, Scope::Due, &cancel, &metrics).await {
             tracing::error!(error = %format!("{e:#}"), "sending replies failed; trying again later");
         }
         tokio::select! {

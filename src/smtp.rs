@@ -133,6 +133,36 @@ impl Client {
         })
     }
 
+    /// Connects, secures, greets and authenticates, then says goodbye,
+    /// sending nothing: the `check-config --connect` probe. The text says
+    /// what was checked, or what failed.
+    pub async fn probe(&self) -> Result<String, String> {
+        let session = tokio::time::timeout(CONNECT_TIMEOUT, self.session())
+            .await
+            .map_err(|_| format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()))?;
+        let mut conn = match session {
+            Ok(c) => c,
+            Err(e) => {
+                return Err(match classify(Phase::Session, &e) {
+                    Delivery::Accepted(t)
+                    | Delivery::Transient(t)
+                    | Delivery::Permanent(t)
+                    | Delivery::Unknown(t) => t,
+                });
+            }
+        };
+        let _ = tokio::time::timeout(QUIT_TIMEOUT, conn.quit()).await;
+        let tls = match self.tls {
+            Tls::Implicit => "implicit TLS",
+            Tls::Starttls => "STARTTLS",
+            Tls::None => "no TLS",
+        };
+        Ok(match &self.username {
+            Some(u) => format!("{}:{} ({tls}), authenticated as {u}", self.host, self.port),
+            None => format!("{}:{} ({tls}), no AUTH configured", self.host, self.port),
+        })
+    }
+
     /// The envelope sender as the log and the audit events show it.
     pub fn envelope_from(&self) -> String {
         self.envelope_from

@@ -26,6 +26,11 @@ use crate::triage::RequestKind;
 /// How long a statement waits for another process's write lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a read-only statement waits (WAL readers wait only in rare
+/// moments such as recovery): a scrape must answer within Prometheus's
+/// default 10-second timeout.
+const READ_ONLY_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The hash that precedes the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -255,6 +260,35 @@ impl Store {
     /// Opens an existing case log (read commands: nothing to create).
     pub fn open_existing(path: &Path) -> anyhow::Result<Store> {
         Self::open_with(path, false)
+    }
+
+    /// Opens an existing, current case log for reading only (the metrics
+    /// endpoint): SQLite refuses any write through this connection, and
+    /// nothing is created or migrated, so the schema must already be this
+    /// binary's (the daemon opens the log for writing first).
+    pub fn open_read_only(path: &Path) -> anyhow::Result<Store> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()).into());
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open the case log {} to read", path.display()))?;
+        conn.busy_timeout(READ_ONLY_BUSY_TIMEOUT)?;
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let found = store.user_version()?;
+        store.check_not_newer(found)?;
+        if found != SCHEMA_VERSION {
+            anyhow::bail!(
+                "{}: the case log has schema version {found}, older than this binary's {SCHEMA_VERSION}; it is migrated when opened for writing",
+                path.display()
+            );
+        }
+        Ok(store)
     }
 
     fn open_with(path: &Path, create: bool) -> anyhow::Result<Store> {
@@ -1361,6 +1395,81 @@ impl Ops<'_> {
     pub fn all_cases(&self) -> anyhow::Result<Vec<Case>> {
         self.cases(None)
     }
+
+    // ---- Figures for the metrics endpoint ------------------------------------
+
+    /// Cases whose status is not `closed`.
+    pub fn open_case_count(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .c
+            .prepare_cached("SELECT count(*) FROM cases WHERE status != 'closed'")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    /// Outgoing rows (replies, notices, digests) not yet settled: `pending`
+    /// and `sending`.
+    pub fn outbox_depth(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .c
+            .prepare_cached("SELECT count(*) FROM outbox WHERE status IN ('pending', 'sending')")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    /// Deadlines of cases neither closed nor responded, as the daily digest
+    /// sorts them: a calendar-day deadline (`2026-12-01`) against the local
+    /// days `today` and `last_day`, an instant against `now` and `until`
+    /// (all in the stored forms, which compare as text).
+    pub fn deadline_counts(&self, window: &DeadlineWindow<'_>) -> anyhow::Result<DeadlineCounts> {
+        Ok(self
+            .c
+            .prepare_cached(
+                "SELECT \
+                   coalesce(sum((length(deadline) = 10 AND deadline >= ?1 AND deadline <= ?2) \
+                             OR (length(deadline) > 10 AND deadline >= ?3 AND deadline <= ?4)), 0), \
+                   coalesce(sum((length(deadline) = 10 AND deadline < ?1) \
+                             OR (length(deadline) > 10 AND deadline < ?3)), 0) \
+                 FROM cases WHERE status NOT IN ('closed', 'responded') AND deadline IS NOT NULL",
+            )?
+            .query_row(
+                params![window.today, window.last_day, window.now, window.until],
+                |r| {
+                    Ok(DeadlineCounts {
+                        due_soon: r.get(0)?,
+                        overdue: r.get(1)?,
+                    })
+                },
+            )?)
+    }
+
+    /// Verdicts in the log by decision (`acknowledge`, `reject`,
+    /// `quarantine`; a deferral is not a verdict).
+    pub fn verdict_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let mut stmt = self.c.prepare_cached(
+            "SELECT decision, count(*) FROM verdicts GROUP BY decision ORDER BY decision",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// The span [`Ops::deadline_counts`] calls "due soon", in stored forms.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineWindow<'a> {
+    /// The local day today and the last local day of the window.
+    pub today: &'a str,
+    pub last_day: &'a str,
+    /// The instant now and the end of the window.
+    pub now: &'a str,
+    pub until: &'a str,
+}
+
+/// Deadlines of cases still to be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeadlineCounts {
+    /// Within the window.
+    pub due_soon: i64,
+    /// Already past.
+    pub overdue: i64,
 }
 
 #[cfg(test)]
@@ -1544,6 +1653,108 @@ mod tests {
         ] {
             assert!(store.conn.execute(bad, []).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn figures_for_the_metrics_endpoint_through_a_read_only_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        assert!(
+            Store::open_read_only(&path).is_err(),
+            "nothing is created read-only"
+        );
+        let store = Store::open(&path).unwrap();
+        // (number, status, deadline)
+        let cases = [
+            (1, "received", Some("2026-11-05")),            // due in 3 days
+            (2, "under_review", Some("2026-11-09")),        // the last day of the window
+            (3, "challenged", Some("2026-11-10")),          // later
+            (4, "quarantined", Some("2026-11-01")),         // overdue
+            (5, "responded", Some("2026-11-01")),           // answered: not counted
+            (6, "closed", Some("2026-11-03")),              // closed: neither open nor due
+            (7, "out_of_jurisdiction", None),               // open, no deadline
+            (8, "received", Some("2026-11-02T09:59:59Z")),  // an instant just past
+            (9, "received", Some("2026-11-09T10:00:00Z")),  // an instant at the window's end
+            (10, "received", Some("2026-11-09T10:00:01Z")), // just after it
+        ];
+        for (n, status, deadline) in cases {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO cases (reference, year, number, status, authenticated, kind, \
+                     emergency, user_notice, deadline, opened_at, updated_at) \
+                     VALUES (?1, 2026, ?2, ?3, 1, 'other', 0, 'unknown', ?4, 't', 't')",
+                    params![format!("LR-2026-{n:04}"), n, status, deadline],
+                )
+                .unwrap();
+            store
+                .conn
+                .execute(
+                    "INSERT INTO messages (case_id, sha256, raw, size, source, received_at, findings) \
+                     VALUES (?1, ?2, x'00', 1, 's', 't', '{}')",
+                    params![n, format!("h{n}")],
+                )
+                .unwrap();
+            let decision = match status {
+                "quarantined" => "quarantine",
+                "out_of_jurisdiction" => "reject",
+                _ => "acknowledge",
+            };
+            store
+                .conn
+                .execute(
+                    "INSERT INTO verdicts (message_id, decided_at, decision, reason, reply, evidence) \
+                     VALUES (?1, 't', ?2, 'r', 0, '{}')",
+                    params![n, decision],
+                )
+                .unwrap();
+        }
+        for (i, status) in ["pending", "sending", "sent", "failed", "unknown", "pending"]
+            .iter()
+            .enumerate()
+        {
+            store
+                .conn
+                .execute(
+                    "INSERT INTO outbox (case_id, message_id, kind, recipient, msgid, status, \
+                     attempts, next_attempt_at, queued_at, pending_since) \
+                     VALUES (1, 1, 'acknowledgement', 'a@b.c', ?1, ?2, 0, 't', 't', 't')",
+                    params![format!("<m{i}@x>"), status],
+                )
+                .unwrap();
+        }
+        let mut reader = Store::open_read_only(&path).unwrap();
+        let snapshot = reader.snapshot().unwrap();
+        let ops = snapshot.ops();
+        assert_eq!(ops.open_case_count().unwrap(), 9);
+        assert_eq!(ops.outbox_depth().unwrap(), 3);
+        assert_eq!(
+            ops.deadline_counts(&DeadlineWindow {
+                today: "2026-11-02",
+                last_day: "2026-11-09",
+                now: "2026-11-02T10:00:00Z",
+                until: "2026-11-09T10:00:00Z",
+            })
+            .unwrap(),
+            DeadlineCounts {
+                due_soon: 3,
+                overdue: 2
+            }
+        );
+        assert_eq!(
+            ops.verdict_counts().unwrap(),
+            vec![
+                ("acknowledge".to_string(), 8),
+                ("quarantine".to_string(), 1),
+                ("reject".to_string(), 1)
+            ]
+        );
+        drop(snapshot);
+        let write = reader
+            .conn
+            .execute("UPDATE cases SET status = 'closed'", []);
+        assert!(write.is_err(), "the connection cannot write");
+        assert_eq!(reader.read().open_case_count().unwrap(), 9);
     }
 
     #[test]

@@ -513,12 +513,15 @@ fn dropped_connections_mid_fetch_and_mid_move_change_nothing() {
             "the inbox to be emptied through the proxy",
             || dovecot.messages("INBOX").is_empty(),
         );
+        // A cut FETCH breaks the first two connections before anything is
+        // filed; a cut MOVE breaks the one that did the work. Either way
+        // the daemon comes back.
+        let needed = if cut_on_move { 2 } else { 3 };
+        wait_for(Duration::from_secs(30), "the daemon to reconnect", || {
+            proxy.connections.load(Ordering::SeqCst) >= needed
+        });
         signal(&daemon, "-TERM");
         assert_eq!(daemon.wait().unwrap().code(), Some(0));
-        assert!(
-            proxy.connections.load(Ordering::SeqCst) >= 3,
-            "the daemon reconnected after the breaks"
-        );
         assert_eq!(
             count(&install, "SELECT count(*) FROM messages"),
             6,
@@ -539,4 +542,127 @@ fn dropped_connections_mid_fetch_and_mid_move_change_nothing() {
         }
         dovecot.delete_mailbox("Processed");
     }
+}
+
+#[test]
+fn sighup_reloads_the_configuration_and_keeps_the_old_one_when_invalid() {
+    let w = world();
+    let dovecot = Dovecot::start();
+    let install = install(&dovecot, "poll_interval_secs = 300\n", "");
+    let original = std::fs::read_to_string(&install.config).unwrap();
+    let mut daemon = spawn_daemon(&install, &["run"]);
+    wait_for(Duration::from_secs(30), "the first pass", || {
+        dovecot.mailboxes().iter().any(|m| m == "Quarantine")
+    });
+    let german = |subject: &str| {
+        delivered(
+            &signed(
+                &request("ermittler@bka.de", subject),
+                &w.keys.other,
+                "bka.de",
+                "sel",
+            ),
+            "mail.bka.de",
+            STRANGER_IP,
+            "<ermittler@bka.de>",
+        )
+    };
+    let decision_of = |subject: &str| -> Option<String> {
+        db(&install)
+            .query_row(
+                "SELECT v.decision FROM verdicts v JOIN messages m ON m.id = v.message_id WHERE m.subject = ?1",
+                [subject],
+                |r| r.get(0),
+            )
+            .ok()
+    };
+
+    // A new agency, announced with SIGHUP while the daemon is in IDLE.
+    std::fs::write(
+        &install.config,
+        format!("{original}\n[[agency]]\nname = \"Bundeskriminalamt\"\ndomains = [\"bka.de\"]\n"),
+    )
+    .unwrap();
+    signal(&daemon, "-HUP");
+    thread::sleep(Duration::from_millis(500));
+    dovecot.append("INBOX", &german("After reload"));
+    wait_for(Duration::from_secs(20), "the first German request", || {
+        decision_of("After reload").is_some()
+    });
+    assert_eq!(
+        decision_of("After reload").as_deref(),
+        Some("acknowledge"),
+        "the new allowlist applies"
+    );
+
+    // An invalid file is refused and the running configuration kept.
+    std::fs::write(&install.config, "[imap]\nhost = \n").unwrap();
+    signal(&daemon, "-HUP");
+    thread::sleep(Duration::from_millis(500));
+    dovecot.append("INBOX", &german("After a bad reload"));
+    wait_for(Duration::from_secs(20), "the second German request", || {
+        decision_of("After a bad reload").is_some()
+    });
+    assert_eq!(
+        decision_of("After a bad reload").as_deref(),
+        Some("acknowledge")
+    );
+
+    signal(&daemon, "-TERM");
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    let mut log = String::new();
+    daemon
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(log.contains("new configuration refused"), "{log}");
+}
+
+#[test]
+fn check_config_connect_tries_every_server_one_line_each() {
+    let dovecot = Dovecot::start();
+    let install = install(&dovecot, "", "");
+    let out = install.run(&["check-config", "--connect"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // Nothing listens on the configured SMTP port: that check fails, the
+    // others pass, and the exit status says so.
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("imap: ok: 127.0.0.1:")
+            && l.contains("INBOX holds 0 messages")
+            && l.contains("IDLE")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("smtp: FAILED:")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("dns police.gi: ok: SPF v=spf1 ip4:192.0.2.10")
+                && l.contains("DMARC v=DMARC1; p=reject")
+        ),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l
+                .starts_with("dns gibraltar.gov.gi: ok: SPF v=spf1 -all; DMARC none published")),
+        "{text}"
+    );
+    let secret = std::fs::read_to_string(dovecot.password_file()).unwrap();
+    assert!(!text.contains(secret.trim()), "the password never appears");
+
+    // A wrong password is reported on the IMAP line.
+    std::fs::write(dovecot.password_file(), "wrong\n").ok();
+    let bad = install.run(&["check-config", "--connect"]);
+    let text = String::from_utf8_lossy(&bad.stdout).to_string();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text.lines().any(|l| l.starts_with("imap: FAILED:")),
+        "{text}"
+    );
 }

@@ -4,6 +4,7 @@ mod cases;
 mod daemon;
 mod dovecot;
 mod imap;
+mod metrics;
 mod notices;
 mod replies;
 mod robustness;
