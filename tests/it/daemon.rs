@@ -24,16 +24,6 @@ fn install(dovecot: &Dovecot, imap_extra: &str, extra: &str) -> Install {
     )
 }
 
-fn police_request(subject: &str) -> Vec<u8> {
-    let w = world();
-    from_police_server(&signed(
-        &request("Detective Inspector <officer@police.gi>", subject),
-        &w.keys.police,
-        "police.gi",
-        "s2026",
-    ))
-}
-
 /// The four kinds of mail the daemon sorts.
 fn mixed() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let w = world();
@@ -98,16 +88,6 @@ fn signal(child: &Child, sig: &str) {
         .status()
         .unwrap();
     assert!(ok.success());
-}
-
-/// Waits for `cond`, failing the test after `limit` (a guard against a
-/// hang, not a speed target).
-fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn audit_ok(install: &Install) {

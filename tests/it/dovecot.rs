@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use legal_intake::config::{self, Config};
 
+use crate::support::free_port;
+
 /// The test user's login name.
 pub const USER: &str = "legal@ivpn.net";
 /// The test user's password (with a space and a quote, which LOGIN must
@@ -436,13 +438,6 @@ fn chown_tree(root: &Path, user: &str) {
         .status()
         .expect("run chown");
     assert!(status.success(), "chown -R {user}: {}", root.display());
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
 }
 
 /// Whether an IMAP server on `port` sends its `* OK` greeting.

@@ -12,27 +12,8 @@ use rusqlite::Connection;
 use crate::dovecot::Dovecot;
 use crate::support::*;
 
-/// A port nobody listens on now (chosen by the OS, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn metrics_section(port: u16) -> String {
     format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")
-}
-
-fn police_request(subject: &str) -> Vec<u8> {
-    let w = world();
-    from_police_server(&signed(
-        &request("Detective Inspector <officer@police.gi>", subject),
-        &w.keys.police,
-        "police.gi",
-        "s2026",
-    ))
 }
 
 /// Police mail whose key lookup times out: deferred, left in the inbox.
@@ -139,14 +120,6 @@ fn get(port: u16, path: &str) -> Response {
             .as_bytes(),
     )
     .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
-
-fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn stderr_of(child: &mut Child) -> String {

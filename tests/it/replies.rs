@@ -213,21 +213,6 @@ fn police_request(subject: &str, extra_header: Option<(&str, &str)>) -> Vec<u8> 
     from_police_server(&signed(&raw, &w.keys.police, "police.gi", "s2026"))
 }
 
-fn foreign_request(subject: &str) -> Vec<u8> {
-    let w = world();
-    delivered(
-        &signed(
-            &request("ermittler@bka.de", subject),
-            &w.keys.other,
-            "bka.de",
-            "sel",
-        ),
-        "mail.bka.de",
-        STRANGER_IP,
-        "<ermittler@bka.de>",
-    )
-}
-
 /// DKIM results of a received reply, verified against the test DNS.
 fn dkim_results(data: &[u8]) -> Vec<(String, DkimResult)> {
     let (config, opts) = testkit::dns::resolver_config(world().dns_addr());
@@ -603,7 +588,7 @@ fn the_per_sender_daily_cap_holds() {
 
 #[test]
 fn a_server_that_is_down_makes_the_reply_wait_and_later_deliver_exactly_once() {
-    let port = smtp_sink::free_port();
+    let port = crate::support::free_port();
     let rig = Rig::new(&smtp(port, ""), "");
     rig.ingest(&[police_request("Order", None)]);
     let log = rig.once(Some(T));
@@ -666,7 +651,7 @@ fn a_server_that_is_down_makes_the_reply_wait_and_later_deliver_exactly_once() {
 
 #[test]
 fn a_reply_not_accepted_for_5_days_fails_and_a_person_can_send_it_again() {
-    let port = smtp_sink::free_port();
+    let port = crate::support::free_port();
     let rig = Rig::new(&smtp(port, ""), "");
     rig.ingest(&[police_request("Order", None)]);
     rig.once(Some("2026-11-07T09:59:00Z"));
@@ -818,7 +803,7 @@ fn a_crash_mid_send_is_left_sending_then_settled_as_unknown_never_resent() {
 fn starttls_implicit_tls_and_auth_with_the_password_file() {
     for mode in ["starttls", "implicit"] {
         let sink = Sink::start_with(
-            smtp_sink::free_port(),
+            crate::support::free_port(),
             Options {
                 tls: Some(mode),
                 auth: true,

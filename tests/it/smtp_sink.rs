@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::free_port;
+
 /// The AUTH user the sink accepts when started with [`Options::auth`].
 pub const USER: &str = "legal@ivpn.net";
 /// Its password (with characters that need care in AUTH PLAIN).
@@ -333,15 +335,6 @@ fn python() -> PathBuf {
         python.display()
     );
     python
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A CA and a certificate for 127.0.0.1 and localhost signed by it, made

@@ -233,3 +233,49 @@ pub fn delivered(raw: &[u8], helo: &str, ip_literal: &str, return_path: &str) ->
 pub fn from_police_server(raw: &[u8]) -> Vec<u8> {
     delivered(raw, "mail.police.gi", POLICE_IP, "<officer@police.gi>")
 }
+
+/// A genuine Royal Gibraltar Police request: DKIM-signed, delivered from
+/// their server.
+pub fn police_request(subject: &str) -> Vec<u8> {
+    let w = world();
+    from_police_server(&signed(
+        &request("Detective Inspector <officer@police.gi>", subject),
+        &w.keys.police,
+        "police.gi",
+        "s2026",
+    ))
+}
+
+/// An authenticated request from a foreign agency (bka.de).
+pub fn foreign_request(subject: &str) -> Vec<u8> {
+    let w = world();
+    delivered(
+        &signed(
+            &request("ermittler@bka.de", subject),
+            &w.keys.other,
+            "bka.de",
+            "sel",
+        ),
+        "mail.bka.de",
+        STRANGER_IP,
+        "<ermittler@bka.de>",
+    )
+}
+
+/// Waits for `cond`, failing the test after `limit`: a guard against a
+/// hang, not a speed target.
+pub fn wait_for(limit: std::time::Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !cond() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A port that was free a moment ago (chosen by the OS, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
