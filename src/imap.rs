@@ -334,7 +334,7 @@ fn tls_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, ImapError> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
-        tracing::debug!(error = %e, "imap: skipping part of the system certificate store");
+        tracing::debug!(error = %e, "imap: part of the system certificate store is unusable and left out");
     }
     roots.add_parsable_certificates(native.certs);
     if let Some(path) = ca_file {
