@@ -106,6 +106,9 @@ struct Daemon {
     setup: Setup,
     config_path: PathBuf,
     store: Arc<Mutex<Store>>,
+    /// A read-only connection for the "filed already?" look-ups, which
+    /// then never wait for the batch being committed.
+    reader: Arc<Mutex<Store>>,
     clock: Clock,
     cancel: CancellationToken,
     /// Deferred messages are retried with their own backoff, so that a
@@ -145,6 +148,12 @@ pub async fn run(
         }
     };
     let store = open(&config).await?;
+    let reader = {
+        let path = config.store.database.clone();
+        tokio::task::spawn_blocking(move || Store::open_read_only(&path))
+            .await?
+            .context("cannot open the case log for reading")?
+    };
     let outbox_store = open(&config).await?;
     let metrics = Arc::new(Metrics::new());
     // The endpoint is bound before READY=1, so that a port already in use
@@ -172,6 +181,7 @@ pub async fn run(
         setup,
         config_path,
         store: Arc::new(Mutex::new(store)),
+        reader: Arc::new(Mutex::new(reader)),
         clock,
         cancel: cancel.clone(),
         retry_after: HashMap::new(),
@@ -425,6 +435,11 @@ impl Daemon {
         let mut tally = Tally::default();
         let uids = session.uids().await?;
         let sizes = session.sizes(&uids).await?;
+        // Filing is one writer on one core; judging runs on the others. So
+        // batch N is committed on a blocking thread while batch N+1 is
+        // fetched and judged, and N's messages move only once N is
+        // committed (settle), before N+1's filing starts.
+        let mut in_flight: Option<InFlight> = None;
         for batch in batches(&sizes) {
             if self.cancel.is_cancelled() {
                 break;
@@ -432,142 +447,210 @@ impl Daemon {
             // The watchdog hears from every batch, so a long pass over a
             // backlog is not mistaken for a hang.
             notify(&[sd_notify::NotifyState::Watchdog]);
-            let fetched = session.fetch(&batch).await?;
-            let started = Instant::now();
-            let mut moves: Vec<(u32, &str)> = Vec::new();
-            let mut examine = Vec::new();
-            // One trip to the case log for the whole batch: which of these
-            // bytes are filed already.
-            let shas: Vec<String> = fetched
-                .iter()
-                .map(|(_, raw)| hex::encode(Sha256::digest(raw)))
-                .collect();
-            let lookup = shas.clone();
-            let filed = self
-                .with_store(move |s| {
-                    let ops = s.read();
-                    lookup
-                        .iter()
-                        .map(|sha| ops.filed(sha))
-                        .collect::<anyhow::Result<Vec<_>>>()
-                })
-                .await
-                .map_err(store_failure)?;
-            for (((uid, raw), sha), filed) in fetched.into_iter().zip(shas).zip(filed) {
-                if let Some(f) = filed {
-                    // Filed before (a crash before the move, a redelivery):
-                    // only the move is left to do.
-                    moves.push((uid, folder(&imap_cfg, &f.decision)));
-                    continue;
-                }
-                if !once
-                    && self
-                        .retry_after
-                        .get(&sha)
-                        .is_some_and(|(at, _)| Instant::now() < *at)
-                {
-                    tally.skipped += 1;
-                    continue;
-                }
-                let (judge, triage) = (self.setup.judge.clone(), self.setup.triage.clone());
-                examine.push((
-                    uid,
-                    tokio::spawn(async move {
-                        Prepared::examine(&judge, &triage, format!("imap:{uid}"), raw).await
-                    }),
-                ));
-            }
-            let mut uids_examined = Vec::new();
-            let mut items = Vec::new();
-            for (uid, task) in examine {
-                match task.await {
-                    Ok(p) => {
-                        uids_examined.push(uid);
-                        items.push(p);
+            let next = match self.prepare(session, &batch, once, &mut tally).await {
+                Ok(next) => next,
+                Err(e) => {
+                    // The batch in flight still commits; its messages move
+                    // on the next pass, as already filed.
+                    if let Some(f) = in_flight.take() {
+                        self.settle(f, None, &imap_cfg, &mut tally).await?;
                     }
-                    Err(e) => tracing::error!(uid, error = %e, "examining a message failed"),
+                    return Err(e);
                 }
+            };
+            if let Some(f) = in_flight.take() {
+                self.settle(f, Some(&mut *session), &imap_cfg, &mut tally)
+                    .await?;
             }
-            if !items.is_empty() {
-                let filer = self.setup.filer.clone();
-                let clock = self.clock;
-                let outcomes = self
-                    .with_store(move |s| filer.file_batch(s, &items, clock))
-                    .await
-                    .map_err(store_failure)?;
-                let ms = started.elapsed().as_secs_f64() * 1000.0;
-                for (uid, outcome) in uids_examined.into_iter().zip(outcomes) {
-                    let outcome = match outcome {
-                        Ok(o) => o,
-                        Err(e) => {
-                            tracing::error!(uid, error = %format!("{e:#}"), "filing a message failed; it stays in the mailbox");
-                            continue;
-                        }
-                    };
-                    log_outcome(Some(uid), &outcome, Some(ms));
-                    if !matches!(outcome.filing, Filing::Duplicate) {
-                        self.metrics.message(&outcome.decision);
-                    }
-                    match outcome.filing {
-                        Filing::Deferred => {
-                            tally.deferred += 1;
-                            let tries = outcome.deferrals.unwrap_or(1);
-                            // 1, 2, 4 … minutes, at most an hour.
-                            let wait = Duration::from_secs(60 << tries.saturating_sub(1).min(6))
-                                .min(Duration::from_secs(3600));
-                            self.retry_after
-                                .insert(outcome.sha256.clone(), (Instant::now() + wait, tries));
-                        }
-                        Filing::New | Filing::Duplicate => {
-                            if matches!(outcome.filing, Filing::New) {
-                                tally.filed += 1;
-                            }
-                            self.retry_after.remove(&outcome.sha256);
-                            moves.push((uid, folder(&imap_cfg, &outcome.decision)));
-                        }
-                    }
-                }
-            }
-            // Only now, with the batch committed, do messages leave: one
-            // move per destination folder.
-            for to in [
-                imap_cfg.processed_mailbox.as_str(),
-                imap_cfg.quarantine_mailbox.as_str(),
-            ] {
-                let uids: Vec<u32> = moves
-                    .iter()
-                    .filter(|(_, f)| *f == to)
-                    .map(|(u, _)| *u)
-                    .collect();
-                if uids.is_empty() {
-                    continue;
-                }
-                match session.move_uids(&uids, to).await? {
-                    imap::MoveOutcome::FlaggedInPlace => tracing::warn!(
-                        messages = uids.len(),
-                        to,
-                        "the server has neither MOVE nor UIDPLUS: messages were copied and flagged, not removed"
-                    ),
-                    _ => tally.moved += uids.len() as u32,
-                }
-            }
+            in_flight = Some(self.start_filing(next));
+        }
+        if let Some(f) = in_flight.take() {
+            self.settle(f, Some(session), &imap_cfg, &mut tally).await?;
         }
         Ok(tally)
     }
 
-    /// Runs a store operation on a blocking thread.
-    async fn with_store<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Store) -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut s = store
+    /// Fetches a batch, finds what is filed already (one read of the case
+    /// log) and judges the rest concurrently.
+    async fn prepare(
+        &mut self,
+        session: &mut Session,
+        batch: &[u32],
+        once: bool,
+        tally: &mut Tally,
+    ) -> Result<Judged, ImapError> {
+        let fetched = session.fetch(batch).await?;
+        let started = Instant::now();
+        let shas: Vec<String> = fetched
+            .iter()
+            .map(|(_, raw)| hex::encode(Sha256::digest(raw)))
+            .collect();
+        let lookup = shas.clone();
+        // A connection of its own, so this read does not wait for the
+        // batch being committed: a copy of a message in that batch is
+        // caught again inside the filing transaction.
+        let reader = self.reader.clone();
+        let filed = tokio::task::spawn_blocking(move || {
+            let s = reader
                 .lock()
                 .map_err(|_| anyhow::anyhow!("the case log lock is poisoned"))?;
-            f(&mut s)
+            let ops = s.read();
+            lookup
+                .iter()
+                .map(|sha| ops.filed(sha).map(|f| f.map(|f| f.decision)))
+                .collect::<anyhow::Result<Vec<_>>>()
         })
-        .await?
+        .await
+        .map_err(|e| store_failure(e.into()))?
+        .map_err(store_failure)?;
+        let mut already = Vec::new();
+        let mut examine = Vec::new();
+        for (((uid, raw), sha), filed) in fetched.into_iter().zip(shas).zip(filed) {
+            if let Some(decision) = filed {
+                // Filed before (a crash before the move, a redelivery):
+                // only the move is left to do.
+                already.push((uid, decision));
+                continue;
+            }
+            if !once
+                && self
+                    .retry_after
+                    .get(&sha)
+                    .is_some_and(|(at, _)| Instant::now() < *at)
+            {
+                tally.skipped += 1;
+                continue;
+            }
+            let (judge, triage) = (self.setup.judge.clone(), self.setup.triage.clone());
+            examine.push((
+                uid,
+                tokio::spawn(async move {
+                    Prepared::examine(&judge, &triage, format!("imap:{uid}"), raw).await
+                }),
+            ));
+        }
+        let mut uids = Vec::new();
+        let mut items = Vec::new();
+        for (uid, task) in examine {
+            match task.await {
+                Ok(p) => {
+                    uids.push(uid);
+                    items.push(p);
+                }
+                Err(e) => tracing::error!(uid, error = %e, "examining a message failed"),
+            }
+        }
+        Ok(Judged {
+            already,
+            uids,
+            items,
+            started,
+        })
+    }
+
+    /// Starts committing a judged batch on a blocking thread.
+    fn start_filing(&self, batch: Judged) -> InFlight {
+        let Judged {
+            already,
+            uids,
+            items,
+            started,
+        } = batch;
+        let filer = self.setup.filer.clone();
+        let clock = self.clock;
+        let store = self.store.clone();
+        let task = (!items.is_empty()).then(|| {
+            tokio::task::spawn_blocking(move || {
+                let mut s = store
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("the case log lock is poisoned"))?;
+                filer.file_batch(&mut s, &items, clock)
+            })
+        });
+        InFlight {
+            already,
+            uids,
+            task,
+            started,
+        }
+    }
+
+    /// Waits for a batch's commit, logs each message, then (with a
+    /// session) moves the batch out: one move per destination folder.
+    async fn settle(
+        &mut self,
+        f: InFlight,
+        session: Option<&mut Session>,
+        imap_cfg: &crate::config::Imap,
+        tally: &mut Tally,
+    ) -> Result<(), ImapError> {
+        let mut moves: Vec<(u32, &str)> = f
+            .already
+            .iter()
+            .map(|(uid, decision)| (*uid, folder(imap_cfg, decision)))
+            .collect();
+        if let Some(task) = f.task {
+            let outcomes = task
+                .await
+                .map_err(|e| store_failure(e.into()))?
+                .map_err(store_failure)?;
+            let ms = f.started.elapsed().as_secs_f64() * 1000.0;
+            for (uid, outcome) in f.uids.into_iter().zip(outcomes) {
+                let outcome = match outcome {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::error!(uid, error = %format!("{e:#}"), "filing a message failed; it stays in the mailbox");
+                        continue;
+                    }
+                };
+                log_outcome(Some(uid), &outcome, Some(ms));
+                self.metrics.message(&outcome.decision);
+                match outcome.filing {
+                    Filing::Deferred => {
+                        tally.deferred += 1;
+                        let tries = outcome.deferrals.unwrap_or(1);
+                        // 1, 2, 4 … minutes, at most an hour.
+                        let wait = Duration::from_secs(60 << tries.saturating_sub(1).min(6))
+                            .min(Duration::from_secs(3600));
+                        self.retry_after
+                            .insert(outcome.sha256.clone(), (Instant::now() + wait, tries));
+                    }
+                    Filing::New | Filing::Duplicate => {
+                        if matches!(outcome.filing, Filing::New) {
+                            tally.filed += 1;
+                        }
+                        self.retry_after.remove(&outcome.sha256);
+                        moves.push((uid, folder(imap_cfg, &outcome.decision)));
+                    }
+                }
+            }
+        }
+        let Some(session) = session else {
+            return Ok(());
+        };
+        // Only now, with the batch committed, do messages leave.
+        for to in [
+            imap_cfg.processed_mailbox.as_str(),
+            imap_cfg.quarantine_mailbox.as_str(),
+        ] {
+            let uids: Vec<u32> = moves
+                .iter()
+                .filter(|(_, f)| *f == to)
+                .map(|(u, _)| *u)
+                .collect();
+            if uids.is_empty() {
+                continue;
+            }
+            match session.move_uids(&uids, to).await? {
+                imap::MoveOutcome::FlaggedInPlace => tracing::warn!(
+                    messages = uids.len(),
+                    to,
+                    "the server has neither MOVE nor UIDPLUS: messages were copied and flagged, not removed"
+                ),
+                _ => tally.moved += uids.len() as u32,
+            }
+        }
+        Ok(())
     }
 
     fn failed(&self, e: &ImapError, last: &mut Option<String>) {
@@ -629,6 +712,28 @@ impl Daemon {
         notify(&[sd_notify::NotifyState::Ready]);
         changed
     }
+}
+
+/// A fetched batch, judged, not yet filed.
+struct Judged {
+    /// Messages whose bytes are filed already, with their decision.
+    already: Vec<(u32, String)>,
+    /// The UIDs of `items`, in the same order.
+    uids: Vec<u32>,
+    items: Vec<Prepared>,
+    /// When the batch was fetched, for the log's `ms=`.
+    started: Instant,
+}
+
+/// A batch whose commit is under way on a blocking thread.
+struct InFlight {
+    already: Vec<(u32, String)>,
+    uids: Vec<u32>,
+    /// `None` when there was nothing to file.
+    task: Option<
+        tokio::task::JoinHandle<anyhow::Result<Vec<anyhow::Result<crate::pipeline::Outcome>>>>,
+    >,
+    started: Instant,
 }
 
 /// Cuts the mailbox (UIDs with their sizes, ascending) into batches of at

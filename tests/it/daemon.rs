@@ -646,3 +646,41 @@ fn check_config_connect_tries_every_server_one_line_each() {
         "{text}"
     );
 }
+
+#[test]
+fn a_backlog_of_several_batches_is_filed_and_moved_exactly_once() {
+    let dovecot = Dovecot::start();
+    let install = install(&dovecot, "", "");
+    // More than one batch (256), with a copy of the first message in the
+    // last batch: it may be judged while the original's batch is still
+    // being committed, and must still be filed only once.
+    let mail: Vec<Vec<u8>> = (0..300)
+        .map(|i| police_request(&format!("Backlog {i}")))
+        .collect();
+    for raw in &mail {
+        dovecot.append("INBOX", raw);
+    }
+    dovecot.append("INBOX", &mail[0]);
+    let out = install.run(&["run", "--once"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dovecot.messages("INBOX").is_empty());
+    assert_eq!(
+        count(&install, "SELECT count(*) FROM messages"),
+        300,
+        "the copy is not filed again"
+    );
+    let processed = dovecot.messages("Processed");
+    assert_eq!(processed.len(), 301, "both copies moved");
+    assert_eq!(processed.iter().filter(|m| **m == mail[0]).count(), 2);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        log.matches("filing=new").count(),
+        300,
+        "one line per filed message"
+    );
+    audit_ok(&install);
+}
