@@ -788,12 +788,31 @@ impl Validator<'_> {
     }
 }
 
-fn is_loopback(host: &str) -> bool {
+/// True for `localhost` and loopback addresses (brackets allowed).
+pub(crate) fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .trim_matches(|c| c == '[' || c == ']')
             .parse::<IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Reads a secret file named by configuration key `key` (a systemd
+/// credential): its text without one trailing line break (`echo secret >
+/// file` and systemd-creds add one; anything else, spaces included, is
+/// part of the secret). The error names the key and the path, never the
+/// content.
+pub fn read_secret(path: &Path, key: &str) -> Result<String, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read {key} {}: {e}", path.display()))?;
+    let mut text = String::from_utf8(bytes)
+        .map_err(|_| format!("{key} {} is not UTF-8 text", path.display()))?;
+    if text.ends_with("\r\n") {
+        text.truncate(text.len() - 2);
+    } else if text.ends_with('\n') {
+        text.truncate(text.len() - 1);
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -956,5 +975,25 @@ mod tests {
         assert_eq!(p.agency_for(&d("cid.police.gi")), Some("Police"));
         assert_eq!(p.agency_for(&d("evilpolice.gi")), None);
         assert_eq!(p.agency_for(&d("police.gi.example.com")), None);
+    }
+
+    #[test]
+    fn secrets_lose_one_trailing_line_break_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        for (content, expected) in [
+            ("pw \n", "pw "),
+            ("pw\r\n", "pw"),
+            ("pw\n\n", "pw\n"),
+            ("pw", "pw"),
+        ] {
+            std::fs::write(&path, content).unwrap();
+            assert_eq!(read_secret(&path, "smtp.password_file").unwrap(), expected);
+        }
+        let err = read_secret(&dir.path().join("missing"), "imap.password_file").unwrap_err();
+        assert!(
+            err.starts_with("cannot read imap.password_file ") && err.contains("missing"),
+            "{err}"
+        );
     }
 }

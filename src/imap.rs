@@ -257,14 +257,7 @@ impl Credentials {
                 "neither imap.password_file nor imap.access_token_file is set",
             ));
         };
-        let mut password = read_secret(path, "imap.password_file")?;
-        // `echo secret > file` and systemd-creds add one newline; anything
-        // else (spaces included) is part of the password.
-        if password.ends_with("\r\n") {
-            password.truncate(password.len() - 2);
-        } else if password.ends_with('\n') {
-            password.truncate(password.len() - 1);
-        }
+        let password = read_secret(path, "imap.password_file")?;
         if password.is_empty() {
             return Err(ImapError::fatal(
                 FatalKind::Configuration,
@@ -287,21 +280,9 @@ impl Credentials {
     }
 }
 
-/// Reads a secret file; the error names the key and the path, never the
-/// content.
+/// [`config::read_secret`] with its failure as a configuration error.
 fn read_secret(path: &Path, key: &str) -> Result<String, ImapError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        ImapError::fatal(
-            FatalKind::Configuration,
-            format!("cannot read {key} {}: {e}", path.display()),
-        )
-    })?;
-    String::from_utf8(bytes).map_err(|_| {
-        ImapError::fatal(
-            FatalKind::Configuration,
-            format!("{key} {} is not UTF-8 text", path.display()),
-        )
-    })
+    config::read_secret(path, key).map_err(|e| ImapError::fatal(FatalKind::Configuration, e))
 }
 
 /// The SASL XOAUTH2 initial client response (before base64), as Google and

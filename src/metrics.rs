@@ -23,7 +23,7 @@
 //! through DNS rebinding. The figures reveal case activity: how many legal
 //! requests arrive, how they were judged, how many cases are open and due.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -585,8 +585,7 @@ fn is_loopback_host(host: &str) -> bool {
             None => host,
         }
     };
-    name.eq_ignore_ascii_case("localhost")
-        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    crate::config::is_loopback(name)
 }
 
 /// The bytes of a response; `body` is left out for HEAD but counted.

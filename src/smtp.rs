@@ -255,7 +255,8 @@ impl Client {
         }
         if let Some(user) = &self.username {
             let password = match &self.password_file {
-                Some(path) => read_secret(path).map_err(Failure::Other)?,
+                Some(path) => crate::config::read_secret(path, "smtp.password_file")
+                    .map_err(Failure::Other)?,
                 None => String::new(),
             };
             conn.auth(
@@ -371,14 +372,6 @@ fn reply_text<'a>(code: String, lines: impl Iterator<Item = &'a str>) -> String 
 /// Server text as one bounded line (it goes into logs and events).
 fn one_line(s: &str) -> String {
     crate::message::clean(s, 300)
-}
-
-/// Reads a secret file: its content without the trailing line break. The
-/// error names the file, never the content.
-fn read_secret(path: &std::path::Path) -> Result<String, String> {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-        .map_err(|e| format!("cannot read smtp.password_file {}: {e}", path.display()))
 }
 
 /// The name given in EHLO: this host's name as the kernel knows it, or an
