@@ -40,10 +40,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::sha256_hex;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::decide::Decision;
@@ -147,7 +147,8 @@ pub async fn run(
                 .with_context(|| format!("cannot open the case log {shown}"))
         }
     };
-    let store = open(&config).await?;
+    let mut store = open(&config).await?;
+    store.checkpoint_in_background()?;
     let reader = {
         let path = config.store.database.clone();
         tokio::task::spawn_blocking(move || Store::open_read_only(&path))
@@ -437,8 +438,9 @@ impl Daemon {
         let sizes = session.sizes(&uids).await?;
         // Filing is one writer on one core; judging runs on the others. So
         // batch N is committed on a blocking thread while batch N+1 is
-        // fetched and judged, and N's messages move only once N is
-        // committed (settle), before N+1's filing starts.
+        // fetched and judged, and N's messages move once N is committed
+        // (settle), while N+1 is still being judged and before N+1's
+        // filing starts.
         let mut in_flight: Option<InFlight> = None;
         for batch in batches(&sizes) {
             if self.cancel.is_cancelled() {
@@ -447,8 +449,8 @@ impl Daemon {
             // The watchdog hears from every batch, so a long pass over a
             // backlog is not mistaken for a hang.
             notify(&[sd_notify::NotifyState::Watchdog]);
-            let next = match self.prepare(session, &batch, once, &mut tally).await {
-                Ok(next) => next,
+            let judging = match self.prepare(session, &batch, once, &mut tally).await {
+                Ok(judging) => judging,
                 Err(e) => {
                     // The batch in flight still commits; its messages move
                     // on the next pass, as already filed.
@@ -458,11 +460,15 @@ impl Daemon {
                     return Err(e);
                 }
             };
+            // The connection is free while this batch is judged: the
+            // previous batch moves out meanwhile. (Should the move fail,
+            // the judging tasks finish unheeded and the next pass starts
+            // again from the mailbox.)
             if let Some(f) = in_flight.take() {
                 self.settle(f, Some(&mut *session), &imap_cfg, &mut tally)
                     .await?;
             }
-            in_flight = Some(self.start_filing(next));
+            in_flight = Some(self.start_filing(judging.finish().await));
         }
         if let Some(f) = in_flight.take() {
             self.settle(f, Some(session), &imap_cfg, &mut tally).await?;
@@ -471,20 +477,17 @@ impl Daemon {
     }
 
     /// Fetches a batch, finds what is filed already (one read of the case
-    /// log) and judges the rest concurrently.
+    /// log) and starts judging the rest, concurrently.
     async fn prepare(
         &mut self,
         session: &mut Session,
         batch: &[u32],
         once: bool,
         tally: &mut Tally,
-    ) -> Result<Judged, ImapError> {
+    ) -> Result<Judging, ImapError> {
         let fetched = session.fetch(batch).await?;
         let started = Instant::now();
-        let shas: Vec<String> = fetched
-            .iter()
-            .map(|(_, raw)| hex::encode(Sha256::digest(raw)))
-            .collect();
+        let shas: Vec<String> = fetched.iter().map(|(_, raw)| sha256_hex(raw)).collect();
         let lookup = shas.clone();
         // A connection of its own, so this read does not wait for the
         // batch being committed: a copy of a message in that batch is
@@ -525,25 +528,13 @@ impl Daemon {
             examine.push((
                 uid,
                 tokio::spawn(async move {
-                    Prepared::examine(&judge, &triage, format!("imap:{uid}"), raw).await
+                    Prepared::examine(&judge, &triage, format!("imap:{uid}"), raw, sha).await
                 }),
             ));
         }
-        let mut uids = Vec::new();
-        let mut items = Vec::new();
-        for (uid, task) in examine {
-            match task.await {
-                Ok(p) => {
-                    uids.push(uid);
-                    items.push(p);
-                }
-                Err(e) => tracing::error!(uid, error = %e, "examining a message failed"),
-            }
-        }
-        Ok(Judged {
+        Ok(Judging {
             already,
-            uids,
-            items,
+            examine,
             started,
         })
     }
@@ -711,6 +702,35 @@ impl Daemon {
         };
         notify(&[sd_notify::NotifyState::Ready]);
         changed
+    }
+}
+
+/// A fetched batch whose messages are being judged, each by a task.
+struct Judging {
+    already: Vec<(u32, String)>,
+    examine: Vec<(u32, tokio::task::JoinHandle<Prepared>)>,
+    started: Instant,
+}
+
+impl Judging {
+    async fn finish(self) -> Judged {
+        let mut uids = Vec::new();
+        let mut items = Vec::new();
+        for (uid, task) in self.examine {
+            match task.await {
+                Ok(p) => {
+                    uids.push(uid);
+                    items.push(p);
+                }
+                Err(e) => tracing::error!(uid, error = %e, "examining a message failed"),
+            }
+        }
+        Judged {
+            already: self.already,
+            uids,
+            items,
+            started: self.started,
+        }
     }
 }
 

@@ -96,6 +96,7 @@ pub async fn run(
     let filer = Arc::new(Filer::new(config));
     let path = config.store.database.clone();
     let mut store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
+    store.checkpoint_in_background()?;
 
     let mut files = files.into_iter();
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -115,7 +116,8 @@ pub async fn run(
             let source = format!("ingest:{}", crate::message::clean(&name, 200));
             let task = tokio::spawn(async move {
                 let raw = read_input(&path)?;
-                anyhow::Ok(Prepared::examine(&judge, &triage, source, raw).await)
+                let sha256 = crate::audit::sha256_hex(&raw);
+                anyhow::Ok(Prepared::examine(&judge, &triage, source, raw, sha256).await)
             });
             pending.push_back(Pending { name, bytes, task });
         }

@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use crate::audit::sha256_hex;
 use crate::authenticate::{Authenticator, Evidence};
 use crate::config::Config;
 use crate::decide::{self, History, Policy, Verdict};
@@ -35,16 +36,17 @@ impl Judge {
         })
     }
 
-    /// Parses and authenticates a message (the part that needs DNS).
-    pub async fn examine(&self, raw: &[u8]) -> (Inbound, Evidence) {
-        let inbound = message::parse(raw, self.max_message_bytes);
+    /// Parses and authenticates a message (the part that needs DNS);
+    /// `sha256` is the hex SHA-256 of `raw` (`audit::sha256_hex`).
+    pub async fn examine(&self, raw: &[u8], sha256: String) -> (Inbound, Evidence) {
+        let inbound = message::parse_hashed(raw, sha256, self.max_message_bytes);
         let evidence = self.authenticator.authenticate(raw, &inbound).await;
         (inbound, evidence)
     }
 
     /// The whole judgement with the given history.
     pub async fn judge(&self, raw: &[u8], history: &History) -> Judgement {
-        let (inbound, evidence) = self.examine(raw).await;
+        let (inbound, evidence) = self.examine(raw, sha256_hex(raw)).await;
         let verdict = decide::decide(&inbound, &evidence, &self.policy, history);
         Judgement {
             inbound,

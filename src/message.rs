@@ -139,7 +139,14 @@ const OVERSIZED_HEADER_WINDOW: usize = 1 << 20;
 
 /// Reads a raw message. Never panics and never fails.
 pub fn parse(raw: &[u8], max_message_bytes: usize) -> Inbound {
-    let sha256 = hex::encode(Sha256::digest(raw));
+    parse_hashed(raw, hex::encode(Sha256::digest(raw)), max_message_bytes)
+}
+
+/// [`parse`] for a caller that has already hashed the bytes (the daemon
+/// hashes to look a message up before judging it): `sha256` must be the
+/// lowercase hex SHA-256 of `raw`.
+pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inbound {
+    debug_assert_eq!(sha256, hex::encode(Sha256::digest(raw)));
     let mut anomalies = Vec::new();
     // An oversized message is judged on its header section alone: its body
     // is neither parsed nor hashed for DKIM.

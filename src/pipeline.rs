@@ -38,6 +38,7 @@
 //! one transaction (one fsync for all) and returns only after the commit:
 //! nothing is acknowledged before it is durable.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
@@ -70,9 +71,17 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Parses, authenticates and triages a message.
-    pub async fn examine(judge: &Judge, triage: &Triage, source: String, raw: Vec<u8>) -> Prepared {
-        let (inbound, evidence) = judge.examine(&raw).await;
+    /// Parses, authenticates and triages a message; `sha256` is the hex
+    /// SHA-256 of `raw` (`audit::sha256_hex`), which the caller has
+    /// already needed.
+    pub async fn examine(
+        judge: &Judge,
+        triage: &Triage,
+        source: String,
+        raw: Vec<u8>,
+        sha256: String,
+    ) -> Prepared {
+        let (inbound, evidence) = judge.examine(&raw, sha256).await;
         // A message too large to judge is not read for triage either.
         let findings = if inbound.anomalies.is_empty() {
             triage.read(&raw, inbound.subject.as_deref())
@@ -198,7 +207,8 @@ impl Filer {
     /// filed. Should one message fail, the batch is rolled back and each
     /// message filed in a transaction of its own, so the failure costs only
     /// that message (savepoints per message would cost every batch a tenth
-    /// of its time for a case that does not happen in practice).
+    /// of its time for a case that does not happen in practice). The
+    /// messages of one transaction are filed at one instant, its start.
     pub fn file_batch(
         &self,
         store: &mut Store,
@@ -206,9 +216,10 @@ impl Filer {
         clock: Clock,
     ) -> anyhow::Result<Vec<anyhow::Result<Outcome>>> {
         let tx = store.begin()?;
+        let mut state = TxState::new(clock.now());
         let mut outcomes = Vec::with_capacity(items.len());
         for p in items {
-            match self.file(&tx.ops(), p, clock.now()) {
+            match self.file(&tx.ops(), p, &mut state) {
                 Ok(o) => outcomes.push(o),
                 Err(_) => break,
             }
@@ -222,7 +233,7 @@ impl Filer {
             .iter()
             .map(|p| {
                 let tx = store.begin()?;
-                let o = self.file(&tx.ops(), p, clock.now())?;
+                let o = self.file(&tx.ops(), p, &mut TxState::new(clock.now()))?;
                 tx.commit()?;
                 Ok(o)
             })
@@ -231,12 +242,8 @@ impl Filer {
 
     /// Files one message: the order of side effects (module docs). Runs
     /// inside the caller's write transaction.
-    pub fn file(
-        &self,
-        ops: &Ops<'_>,
-        p: &Prepared,
-        now: OffsetDateTime,
-    ) -> anyhow::Result<Outcome> {
+    fn file(&self, ops: &Ops<'_>, p: &Prepared, tx: &mut TxState) -> anyhow::Result<Outcome> {
+        let now = tx.now;
         let inbound = &p.inbound;
         let at = stamp(now);
         let sender = inbound.from_address();
@@ -260,11 +267,7 @@ impl Filer {
         let mut history = History {
             previous_defers: ops.deferrals(&inbound.sha256)?,
             replies_to_sender_today: match sender {
-                Some(s) => ops.replies_to_since(
-                    s,
-                    &stamp(now - time::Duration::hours(24)),
-                    self.policy.replies_per_sender_per_day,
-                )?,
+                Some(s) => tx.get(ops, s, self.policy.replies_per_sender_per_day)?,
                 None => 0,
             },
             replied_to_case_recently: false,
@@ -417,6 +420,7 @@ impl Filer {
                     "in_reply_to": inbound.message_id,
                 }),
             ));
+            tx.queued(recipient);
             queued = Some(kind);
         }
 
@@ -555,6 +559,46 @@ impl Filer {
 /// "From the same agency": the same allowlisted agency, or — for senders
 /// that are on no allowlist — the same organizational domain as the
 /// authenticated requester who opened the case.
+/// What the filings of one transaction share: their instant, and the
+/// replies queued to each sender in the 24 hours before it. A sender's
+/// count is read from the log at its first message in the transaction,
+/// then counted on as replies are queued, so a batch from one busy sender
+/// reads the log once rather than once per message. Keys are folded as
+/// `COLLATE NOCASE` folds them (ASCII only).
+struct TxState {
+    now: OffsetDateTime,
+    since: String,
+    known: HashMap<String, u32>,
+}
+
+impl TxState {
+    fn new(now: OffsetDateTime) -> TxState {
+        TxState {
+            now,
+            since: stamp(now - time::Duration::hours(24)),
+            known: HashMap::new(),
+        }
+    }
+
+    /// Replies to `sender` in the window, counted up to `cap`.
+    fn get(&mut self, ops: &Ops<'_>, sender: &str, cap: u32) -> anyhow::Result<u32> {
+        let key = sender.to_ascii_lowercase();
+        if let Some(n) = self.known.get(&key) {
+            return Ok((*n).min(cap));
+        }
+        let n = ops.replies_to_since(sender, &self.since, cap)?;
+        self.known.insert(key, n);
+        Ok(n)
+    }
+
+    /// A reply to `recipient` was queued in this transaction.
+    fn queued(&mut self, recipient: &str) {
+        if let Some(n) = self.known.get_mut(&recipient.to_ascii_lowercase()) {
+            *n = n.saturating_add(1);
+        }
+    }
+}
+
 fn same_agency(case: &Case, provisional: &Verdict, inbound: &Inbound) -> bool {
     match (&case.agency, &provisional.agency) {
         (Some(a), Some(b)) => a == b,

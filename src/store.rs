@@ -249,6 +249,8 @@ pub enum StoreError {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Set by [`Store::checkpoint_in_background`].
+    checkpointer: Option<Checkpointer>,
 }
 
 impl Store {
@@ -279,6 +281,7 @@ impl Store {
         let store = Store {
             conn,
             path: path.to_path_buf(),
+            checkpointer: None,
         };
         let found = store.user_version()?;
         store.check_not_newer(found)?;
@@ -304,6 +307,7 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
+            checkpointer: None,
         };
         store
             .configure()
@@ -397,7 +401,26 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .context("cannot start a write transaction on the case log")?;
-        Ok(Tx { tx })
+        Ok(Tx {
+            tx,
+            checkpointer: self.checkpointer.as_ref(),
+        })
+    }
+
+    /// For a connection that commits large batches back to back (the
+    /// daemon, `ingest`): the write-ahead log is copied into the database
+    /// by a thread of its own after each commit, instead of by the commit
+    /// that happens to cross SQLite's 1,000-page mark, so the copy and its
+    /// fsync overlap the next batch instead of delaying it. Should that
+    /// thread fall behind, this connection still checkpoints by itself
+    /// once the log passes [`WAL_BACKSTOP_PAGES`].
+    pub fn checkpoint_in_background(&mut self) -> anyhow::Result<()> {
+        if self.checkpointer.is_none() {
+            self.checkpointer = Some(Checkpointer::start(&self.path)?);
+            self.conn
+                .pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)?;
+        }
+        Ok(())
     }
 
     /// Statements that read, outside any write transaction (each sees the
@@ -427,6 +450,7 @@ impl Store {
 /// One write transaction.
 pub struct Tx<'s> {
     tx: rusqlite::Transaction<'s>,
+    checkpointer: Option<&'s Checkpointer>,
 }
 
 impl Tx<'_> {
@@ -436,7 +460,11 @@ impl Tx<'_> {
 
     /// Commits; nothing written is visible or durable before this returns.
     pub fn commit(self) -> anyhow::Result<()> {
-        self.tx.commit().context("cannot commit to the case log")
+        self.tx.commit().context("cannot commit to the case log")?;
+        if let Some(c) = self.checkpointer {
+            c.nudge();
+        }
+        Ok(())
     }
 }
 
@@ -786,6 +814,64 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
         prev_hash: r.get(6)?,
         hash: r.get(7)?,
     })
+}
+
+/// How large (in pages) the write-ahead log of a connection with a
+/// background checkpointer may grow before that connection checkpoints by
+/// itself: 64 MiB with 4 KiB pages.
+const WAL_BACKSTOP_PAGES: i64 = 16_384;
+
+/// A thread with its own connection that runs a passive checkpoint (one
+/// that never waits for, or blocks, readers and the writer) each time it
+/// is nudged; nudges that arrive while it works fold into one.
+struct Checkpointer {
+    nudge: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> anyhow::Result<Checkpointer> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("cannot open the case log {} to checkpoint", path.display()))?;
+        // The copy is synced to the database file before the log is reused.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let (nudge, nudged) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("case-log-checkpoint".into())
+            .spawn(move || {
+                while nudged.recv().is_ok() {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::warn!(error = %e, "checkpointing the case log failed; the next commit retries");
+                    }
+                }
+            })
+            .context("cannot start the case log's checkpoint thread")?;
+        Ok(Checkpointer {
+            nudge: Some(nudge),
+            thread: Some(thread),
+        })
+    }
+
+    fn nudge(&self) {
+        if let Some(n) = &self.nudge {
+            // Full: a checkpoint is due already and will cover this commit.
+            let _ = n.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    /// Lets the checkpoint in progress finish; closing the last connection
+    /// then checkpoints the rest.
+    fn drop(&mut self) {
+        self.nudge.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
@@ -1653,6 +1739,58 @@ mod tests {
         ] {
             assert!(store.conn.execute(bad, []).is_err(), "{bad}");
         }
+    }
+
+    /// Commits of a connection with a background checkpointer reach the
+    /// database file while it is still open, though they are far below its
+    /// own checkpoint threshold.
+    #[test]
+    fn the_background_checkpointer_copies_commits_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sqlite");
+        let mut store = Store::open(&path).unwrap();
+        store.checkpoint_in_background().unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        for n in 1..=4 {
+            let tx = store.begin().unwrap();
+            tx.ops()
+                .c
+                .execute(
+                    "INSERT INTO cases (reference, year, number, status, authenticated, kind, \
+                     emergency, user_notice, opened_at, updated_at) \
+                     VALUES (?1, 2026, ?2, 'received', 1, 'other', 0, 'unknown', 't', 't')",
+                    params![format!("LR-2026-{n:04}"), n],
+                )
+                .unwrap();
+            tx.ops()
+                .c
+                .execute(
+                    "INSERT INTO messages (case_id, sha256, raw, size, source, received_at, findings) \
+                     VALUES (?1, ?2, zeroblob(1000000), 1000000, 's', 't', '{}')",
+                    params![n, format!("h{n}")],
+                )
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        // Well under WAL_BACKSTOP_PAGES: only the checkpointer copies.
+        let wal = std::fs::metadata(dir.path().join("c.sqlite-wal"))
+            .unwrap()
+            .len();
+        assert!(wal < (WAL_BACKSTOP_PAGES as u64) * 4096, "{wal}");
+        let started = std::time::Instant::now();
+        while std::fs::metadata(&path).unwrap().len() < before + 4_000_000 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the database file stayed at {} bytes",
+                std::fs::metadata(&path).unwrap().len()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let copied: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(copied, 4);
     }
 
     #[test]

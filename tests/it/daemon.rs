@@ -684,3 +684,75 @@ fn a_backlog_of_several_batches_is_filed_and_moved_exactly_once() {
     );
     audit_ok(&install);
 }
+
+#[test]
+fn the_daily_reply_cap_holds_within_one_batch_whatever_the_address_case() {
+    let dovecot = Dovecot::start();
+    let install = install(&dovecot, "", "[limits]\nreplies_per_sender_per_day = 3\n");
+    let w = world();
+    let police = |from: &str, subject: &str| {
+        from_police_server(&signed(
+            &request(from, subject),
+            &w.keys.police,
+            "police.gi",
+            "s2026",
+        ))
+    };
+    // One fetch, one batch, one transaction: six requests from one
+    // officer under three spellings of the address, two from a colleague.
+    let spellings = [
+        "officer@police.gi",
+        "Officer@Police.GI",
+        "OFFICER@POLICE.GI",
+    ];
+    for i in 0..6 {
+        dovecot.append("INBOX", &police(spellings[i % 3], &format!("Order {i}")));
+    }
+    for i in 0..2 {
+        dovecot.append(
+            "INBOX",
+            &police("sergeant@police.gi", &format!("Warrant {i}")),
+        );
+    }
+    let out = install.run(&["run", "--once"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&install, "SELECT count(*) FROM cases"), 8);
+    assert_eq!(
+        count(
+            &install,
+            "SELECT count(*) FROM outbox WHERE lower(recipient) = 'officer@police.gi'"
+        ),
+        3,
+        "the cap counts every spelling of one address"
+    );
+    assert_eq!(
+        count(
+            &install,
+            "SELECT count(*) FROM outbox WHERE recipient = 'sergeant@police.gi'"
+        ),
+        2,
+        "another sender has a cap of its own"
+    );
+    assert_eq!(
+        count(
+            &install,
+            "SELECT count(*) FROM verdicts WHERE reply_suppressed LIKE '%replies_per_sender_per_day%'"
+        ),
+        3
+    );
+    // A second batch a moment later reads the first one's replies back.
+    dovecot.append("INBOX", &police("officer@police.gi", "Order 6"));
+    let out = install.run(&["run", "--once"]);
+    assert!(out.status.success());
+    assert_eq!(
+        count(
+            &install,
+            "SELECT count(*) FROM outbox WHERE lower(recipient) = 'officer@police.gi'"
+        ),
+        3
+    );
+}
