@@ -436,42 +436,55 @@ impl Daemon {
         let mut tally = Tally::default();
         let uids = session.uids().await?;
         let sizes = session.sizes(&uids).await?;
-        // Filing is one writer on one core; judging runs on the others. So
-        // batch N is committed on a blocking thread while batch N+1 is
-        // fetched and judged, and N's messages move once N is committed
-        // (settle), while N+1 is still being judged and before N+1's
-        // filing starts.
+        // Filing is one writer on one core; judging runs on the others,
+        // and the connection is free most of the time. So while batch N is
+        // committed on a blocking thread, N+1 is judged, and the
+        // connection moves N-1 out and fetches N+2; N+1's filing starts as
+        // soon as N is committed and N+1 judged. A batch moves only once it
+        // is committed.
+        let mut batches = batches(&sizes).into_iter();
+        let mut judging = match batches.next().filter(|_| !self.cancel.is_cancelled()) {
+            Some(b) => Some(self.prepare(session, &b, once, &mut tally.skipped).await?),
+            None => None,
+        };
         let mut in_flight: Option<InFlight> = None;
-        for batch in batches(&sizes) {
-            if self.cancel.is_cancelled() {
-                break;
-            }
+        while let Some(j) = judging.take() {
+            let moves = match in_flight.take() {
+                Some(f) => self.committed(f, &mut tally).await?,
+                None => Moves::default(),
+            };
             // The watchdog hears from every batch, so a long pass over a
-            // backlog is not mistaken for a hang.
+            // backlog is not mistaken for a hang. After a shutdown request
+            // the batches in hand are finished and no new one is fetched.
             notify(&[sd_notify::NotifyState::Watchdog]);
-            let judging = match self.prepare(session, &batch, once, &mut tally).await {
-                Ok(judging) => judging,
+            let next = batches.next().filter(|_| !self.cancel.is_cancelled());
+            let skipped = &mut tally.skipped;
+            let (filing, connection) =
+                tokio::join!(async { self.start_filing(j.finish().await) }, async {
+                    let moved = move_out(session, &moves, &imap_cfg).await?;
+                    let judging = match next {
+                        Some(b) => Some(self.prepare(session, &b, once, skipped).await?),
+                        None => None,
+                    };
+                    Ok::<_, ImapError>((moved, judging))
+                },);
+            match connection {
+                Ok((moved, next)) => {
+                    tally.moved += moved;
+                    judging = next;
+                    in_flight = Some(filing);
+                }
                 Err(e) => {
-                    // The batch in flight still commits; its messages move
-                    // on the next pass, as already filed.
-                    if let Some(f) = in_flight.take() {
-                        self.settle(f, None, &imap_cfg, &mut tally).await?;
-                    }
+                    // The batch just handed over still commits; its
+                    // messages move on the next pass, as already filed.
+                    self.committed(filing, &mut tally).await?;
                     return Err(e);
                 }
-            };
-            // The connection is free while this batch is judged: the
-            // previous batch moves out meanwhile. (Should the move fail,
-            // the judging tasks finish unheeded and the next pass starts
-            // again from the mailbox.)
-            if let Some(f) = in_flight.take() {
-                self.settle(f, Some(&mut *session), &imap_cfg, &mut tally)
-                    .await?;
             }
-            in_flight = Some(self.start_filing(judging.finish().await));
         }
         if let Some(f) = in_flight.take() {
-            self.settle(f, Some(session), &imap_cfg, &mut tally).await?;
+            let moves = self.committed(f, &mut tally).await?;
+            tally.moved += move_out(session, &moves, &imap_cfg).await?;
         }
         Ok(tally)
     }
@@ -479,11 +492,11 @@ impl Daemon {
     /// Fetches a batch, finds what is filed already (one read of the case
     /// log) and starts judging the rest, concurrently.
     async fn prepare(
-        &mut self,
+        &self,
         session: &mut Session,
         batch: &[u32],
         once: bool,
-        tally: &mut Tally,
+        skipped: &mut u32,
     ) -> Result<Judging, ImapError> {
         let fetched = session.fetch(batch).await?;
         let started = Instant::now();
@@ -521,7 +534,7 @@ impl Daemon {
                     .get(&sha)
                     .is_some_and(|(at, _)| Instant::now() < *at)
             {
-                tally.skipped += 1;
+                *skipped += 1;
                 continue;
             }
             let (judge, triage) = (self.setup.judge.clone(), self.setup.triage.clone());
@@ -566,20 +579,13 @@ impl Daemon {
         }
     }
 
-    /// Waits for a batch's commit, logs each message, then (with a
-    /// session) moves the batch out: one move per destination folder.
-    async fn settle(
-        &mut self,
-        f: InFlight,
-        session: Option<&mut Session>,
-        imap_cfg: &crate::config::Imap,
-        tally: &mut Tally,
-    ) -> Result<(), ImapError> {
-        let mut moves: Vec<(u32, &str)> = f
-            .already
-            .iter()
-            .map(|(uid, decision)| (*uid, folder(imap_cfg, decision)))
-            .collect();
+    /// Waits for a batch's commit and logs each message: what is to move
+    /// where.
+    async fn committed(&mut self, f: InFlight, tally: &mut Tally) -> Result<Moves, ImapError> {
+        let mut moves = Moves::default();
+        for (uid, decision) in &f.already {
+            moves.add(*uid, decision);
+        }
         if let Some(task) = f.task {
             let outcomes = task
                 .await
@@ -611,37 +617,12 @@ impl Daemon {
                             tally.filed += 1;
                         }
                         self.retry_after.remove(&outcome.sha256);
-                        moves.push((uid, folder(imap_cfg, &outcome.decision)));
+                        moves.add(uid, &outcome.decision);
                     }
                 }
             }
         }
-        let Some(session) = session else {
-            return Ok(());
-        };
-        // Only now, with the batch committed, do messages leave.
-        for to in [
-            imap_cfg.processed_mailbox.as_str(),
-            imap_cfg.quarantine_mailbox.as_str(),
-        ] {
-            let uids: Vec<u32> = moves
-                .iter()
-                .filter(|(_, f)| *f == to)
-                .map(|(u, _)| *u)
-                .collect();
-            if uids.is_empty() {
-                continue;
-            }
-            match session.move_uids(&uids, to).await? {
-                imap::MoveOutcome::FlaggedInPlace => tracing::warn!(
-                    messages = uids.len(),
-                    to,
-                    "the server has neither MOVE nor UIDPLUS: messages were copied and flagged, not removed"
-                ),
-                _ => tally.moved += uids.len() as u32,
-            }
-        }
-        Ok(())
+        Ok(moves)
     }
 
     fn failed(&self, e: &ImapError, last: &mut Option<String>) {
@@ -777,13 +758,48 @@ fn batches(sizes: &[(u32, u32)]) -> Vec<Vec<u32>> {
     out
 }
 
-/// The folder a decision's message goes to.
-fn folder<'a>(cfg: &'a crate::config::Imap, decision: &str) -> &'a str {
-    if decision == Decision::Quarantine.as_str() {
-        &cfg.quarantine_mailbox
-    } else {
-        &cfg.processed_mailbox
+/// The messages of a committed batch, by destination.
+#[derive(Debug, Default)]
+struct Moves {
+    processed: Vec<u32>,
+    quarantine: Vec<u32>,
+}
+
+impl Moves {
+    fn add(&mut self, uid: u32, decision: &str) {
+        if decision == Decision::Quarantine.as_str() {
+            self.quarantine.push(uid);
+        } else {
+            self.processed.push(uid);
+        }
     }
+}
+
+/// Moves a committed batch out: one move per destination folder. Returns
+/// how many messages left the mailbox.
+async fn move_out(
+    session: &mut Session,
+    moves: &Moves,
+    imap_cfg: &crate::config::Imap,
+) -> Result<u32, ImapError> {
+    let mut moved = 0;
+    for (uids, to) in [
+        (&moves.processed, imap_cfg.processed_mailbox.as_str()),
+        (&moves.quarantine, imap_cfg.quarantine_mailbox.as_str()),
+    ] {
+        if uids.is_empty() {
+            continue;
+        }
+        match session.move_uids(uids, to).await? {
+            imap::MoveOutcome::FlaggedInPlace => tracing::warn!(
+                messages = uids.len(),
+                to,
+                "the server has neither MOVE nor UIDPLUS: messages were copied and flagged, not removed"
+            ),
+            _ => moved += uids.len() as u32,
+        }
+    }
+    Ok(moved)
 }
 
 /// A case log failure ends the pass like a broken connection: nothing is
