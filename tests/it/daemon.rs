@@ -651,16 +651,17 @@ fn check_config_connect_tries_every_server_one_line_each() {
 fn a_backlog_of_several_batches_is_filed_and_moved_exactly_once() {
     let dovecot = Dovecot::start();
     let install = install(&dovecot, "", "");
-    // More than one batch (256), with a copy of the first message in the
-    // last batch: it may be judged while the original's batch is still
-    // being committed, and must still be filed only once.
+    // Two batches (256 messages, then 45), with a copy of a message of
+    // the first (UID 224) in the second: it is judged while the
+    // original's batch is being committed, and must still be filed only
+    // once.
     let mail: Vec<Vec<u8>> = (0..300)
         .map(|i| police_request(&format!("Backlog {i}")))
         .collect();
     for raw in &mail {
         dovecot.append("INBOX", raw);
     }
-    dovecot.append("INBOX", &mail[0]);
+    dovecot.append("INBOX", &mail[223]);
     let out = install.run(&["run", "--once"]);
     assert!(
         out.status.success(),
@@ -675,7 +676,7 @@ fn a_backlog_of_several_batches_is_filed_and_moved_exactly_once() {
     );
     let processed = dovecot.messages("Processed");
     assert_eq!(processed.len(), 301, "both copies moved");
-    assert_eq!(processed.iter().filter(|m| **m == mail[0]).count(), 2);
+    assert_eq!(processed.iter().filter(|m| **m == mail[223]).count(), 2);
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         log.matches("filing=new").count(),
