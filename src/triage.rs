@@ -11,7 +11,8 @@
 use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::automaton::{Automaton, StateID};
+use aho_corasick::{Anchored, MatchKind, PatternID, dfa::DFA};
 use mail_parser::{MessageParser, MimeHeaders};
 use regex::Regex;
 use serde::Serialize;
@@ -260,7 +261,7 @@ pub struct Triage {
     timestamp: Regex,
     /// Every phrase of every list in one automaton, so a text is scanned
     /// once whatever the number of phrases.
-    phrases: AhoCorasick,
+    phrases: DFA,
     /// What each phrase (by pattern index) means, kinds in priority order
     /// first, then the lists in their order.
     meaning: Vec<(Says, &'static str)>,
@@ -302,11 +303,14 @@ impl Triage {
         meaning.extend(EMERGENCY_PHRASES.iter().map(|p| (Says::Emergency, *p)));
         meaning.extend(GAG_PHRASES.iter().map(|p| (Says::Gag, *p)));
         meaning.extend(LOG_PHRASES.iter().map(|p| (Says::Logs, *p)));
-        let phrases = AhoCorasick::builder()
+        let phrases = DFA::builder()
             .match_kind(MatchKind::Standard)
-            .kind(Some(AhoCorasickKind::DFA))
             .build(meaning.iter().map(|(_, p)| p))
             .expect("a few hundred short literals always build");
+        assert!(
+            phrases.max_pattern_len() < LOOK_BACK,
+            "a phrase longer than the scan's look-back"
+        );
         Triage {
             accounts,
             ipv4: Regex::new(r"\d{1,3}(?:\.\d{1,3}){3}").expect("static pattern"),
@@ -316,20 +320,54 @@ impl Triage {
         }
     }
 
-    /// Which phrases occur in `text` (normalised) as whole words, by
-    /// pattern index.
+    /// Which phrases occur in `text` as whole words once it is normalised
+    /// (lowercase, each whitespace run one space), by pattern index. The
+    /// normalised text is fed to the automaton as it is produced instead
+    /// of being built first: one pass over the bytes, and ASCII, nearly
+    /// all of a request, a byte at a time without decoding.
     fn phrases_in(&self, text: &str) -> Vec<bool> {
-        let mut found = vec![false; self.meaning.len()];
-        for m in self.phrases.find_overlapping_iter(text) {
-            let before = text[..m.start()].chars().next_back();
-            let after = text[m.end()..].chars().next();
-            if !before.is_some_and(char::is_alphanumeric)
-                && !after.is_some_and(char::is_alphanumeric)
-            {
-                found[m.pattern().as_usize()] = true;
+        let mut scan = PhraseScan::new(&self.phrases, self.meaning.len());
+        let mut state = scan.start();
+        // At the start, as after a space: leading whitespace is dropped.
+        let mut space = true;
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            if b.is_ascii() {
+                i += 1;
+                // `char::is_whitespace` on ASCII: space, \t, \n, \v, \f, \r.
+                if b == b' ' || (b'\t'..=b'\r').contains(&b) {
+                    if !space {
+                        state = scan.byte(state, b' ', false);
+                        space = true;
+                    }
+                } else {
+                    space = false;
+                    state = scan.byte(state, b.to_ascii_lowercase(), b.is_ascii_alphanumeric());
+                }
+                continue;
+            }
+            let Some(c) = text[i..].chars().next() else {
+                break;
+            };
+            i += c.len_utf8();
+            if c.is_whitespace() {
+                if !space {
+                    state = scan.byte(state, b' ', false);
+                    space = true;
+                }
+            } else {
+                space = false;
+                for l in c.to_lowercase() {
+                    let mut buf = [0; 4];
+                    let alnum = l.is_alphanumeric();
+                    for &b in l.encode_utf8(&mut buf).as_bytes() {
+                        state = scan.byte(state, b, alnum);
+                    }
+                }
             }
         }
-        found
+        scan.finish()
     }
 
     /// Reads a raw message: subject, text parts (HTML converted to text)
@@ -347,9 +385,9 @@ impl Triage {
     /// The findings for already extracted text.
     pub fn findings(&self, subject: &str, body: &str, attachments: &[String]) -> Findings {
         let sources = [
-            self.phrases_in(&normalise(subject)),
-            self.phrases_in(&normalise(&attachments.join(" ").replace(['_', '.'], " "))),
-            self.phrases_in(&normalise(body)),
+            self.phrases_in(subject),
+            self.phrases_in(&attachments.join(" ").replace(['_', '.'], " ")),
+            self.phrases_in(body),
         ];
         // The kind: the first source (subject, attachment names, body) that
         // names any, and in it the most specific process.
@@ -530,30 +568,82 @@ fn text_of(raw: &[u8]) -> (String, Vec<String>, bool) {
     (text, attachments, truncated)
 }
 
-/// Lowercase with every whitespace run made one space, so that phrases
-/// match across line breaks.
-fn normalise(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut space = true;
-    for c in s.chars() {
-        if c.is_whitespace() {
-            if !space {
-                out.push(' ');
-                space = true;
-            }
-        } else {
-            space = false;
-            if c.is_ascii() {
-                out.push(c.to_ascii_lowercase());
-            } else {
-                out.extend(c.to_lowercase());
-            }
+/// How many bytes of normalised text the scan remembers: more than the
+/// longest phrase, to see the character before a match.
+const LOOK_BACK: usize = 64;
+
+/// Overlapping matches of the phrase automaton over normalised text fed a
+/// byte at a time, kept when they stand as whole words: no letter or
+/// digit (Unicode) just before or just after.
+struct PhraseScan<'a> {
+    dfa: &'a DFA,
+    /// Bytes fed so far.
+    fed: usize,
+    /// Whether each of the last [`LOOK_BACK`] bytes fed belongs to a
+    /// letter or digit, at `position % LOOK_BACK`.
+    alnum: [bool; LOOK_BACK],
+    /// Matches ending at the last byte fed, waiting to see the next
+    /// character.
+    pending: Vec<PatternID>,
+    found: Vec<bool>,
+}
+
+impl<'a> PhraseScan<'a> {
+    fn new(dfa: &'a DFA, patterns: usize) -> PhraseScan<'a> {
+        PhraseScan {
+            dfa,
+            fed: 0,
+            alnum: [false; LOOK_BACK],
+            pending: Vec::new(),
+            found: vec![false; patterns],
         }
     }
-    if out.ends_with(' ') {
-        out.pop();
+
+    /// The automaton's state before the first byte.
+    fn start(&self) -> StateID {
+        self.dfa
+            .start_state(Anchored::No)
+            .expect("a DFA built for unanchored search")
     }
-    out
+
+    /// One byte of normalised text, fed to the automaton in `state`
+    /// (kept by the caller, where it can stay in a register); `alnum`
+    /// says whether the character the byte belongs to is a letter or
+    /// digit. Returns the next state.
+    #[inline(always)]
+    fn byte(&mut self, state: StateID, b: u8, alnum: bool) -> StateID {
+        if !self.pending.is_empty() {
+            // Phrases are ASCII, so a match ends on a whole character and
+            // this byte starts the one after it.
+            for p in self.pending.drain(..) {
+                if !alnum {
+                    self.found[p.as_usize()] = true;
+                }
+            }
+        }
+        let state = self.dfa.next_state(Anchored::No, state, b);
+        self.alnum[self.fed % LOOK_BACK] = alnum;
+        self.fed += 1;
+        if self.dfa.is_special(state) && self.dfa.is_match(state) {
+            for i in 0..self.dfa.match_len(state) {
+                let p = self.dfa.match_pattern(state, i);
+                let start = self.fed - self.dfa.pattern_len(p);
+                if start == 0 || !self.alnum[(start - 1) % LOOK_BACK] {
+                    self.pending.push(p);
+                }
+            }
+        }
+        state
+    }
+
+    /// The phrases found, by pattern index; a match at the very end of the
+    /// text has nothing after it.
+    fn finish(mut self) -> Vec<bool> {
+        for p in self.pending.drain(..) {
+            self.found[p.as_usize()] = true;
+        }
+        self.found
+    }
 }
 
 /// E-mail addresses, found from their `@`: the local part (letters,
@@ -636,6 +726,129 @@ mod tests {
 
     fn triage() -> Triage {
         Triage::new(&crate::config::DEFAULT_ACCOUNT_PATTERNS.map(String::from))
+    }
+
+    /// The definition [`Triage::phrases_in`] must agree with: normalise
+    /// the whole text, search it for every (overlapping) occurrence of
+    /// every phrase, keep those with no letter or digit either side.
+    fn phrases_by_definition(
+        t: &Triage,
+        searcher: &aho_corasick::AhoCorasick,
+        text: &str,
+    ) -> Vec<bool> {
+        let mut norm = String::new();
+        let mut space = true;
+        for c in text.chars() {
+            if c.is_whitespace() {
+                if !space {
+                    norm.push(' ');
+                    space = true;
+                }
+            } else {
+                space = false;
+                norm.extend(c.to_lowercase());
+            }
+        }
+        if norm.ends_with(' ') {
+            norm.pop();
+        }
+        let mut found = vec![false; t.meaning.len()];
+        for m in searcher.find_overlapping_iter(&norm) {
+            let before = norm[..m.start()].chars().next_back();
+            let after = norm[m.end()..].chars().next();
+            if !before.is_some_and(char::is_alphanumeric)
+                && !after.is_some_and(char::is_alphanumeric)
+            {
+                found[m.pattern().as_usize()] = true;
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_phrase_scan_agrees_with_its_definition() {
+        let t = triage();
+        let searcher = aho_corasick::AhoCorasick::new(t.meaning.iter().map(|(_, p)| p)).unwrap();
+        let fixed = [
+            "",
+            "emergency",
+            "  EMERGENCY\r\n\tREQUEST  ",
+            "emergency requests",
+            "an emergency-request",
+            "search\u{a0}\u{2003}warrant",
+            "Search\r\n\r\n  Warrant, urgently",
+            "xsubpoena subpoenax subpoena2 (subpoena)",
+            "connection logs; logs. catalogs",
+            "2703(d) order 2703(f)x 2705(b).",
+            "ÉMERGENCY émergency İmminent imminentİ",
+            "\u{212a}idnap kidnapé kidnap\u{301}",
+            "tipping-off tipping off life-threatening",
+            "danger of death\u{2028}bomb threat\u{85}",
+            "ΣΟΦΟΣ preservation ß preserve",
+        ];
+        for text in fixed {
+            assert_eq!(
+                t.phrases_in(text),
+                phrases_by_definition(&t, &searcher, text),
+                "{text:?}"
+            );
+        }
+        // Generated texts from pieces that straddle the rules: phrase
+        // fragments, whitespace of every kind, letters that change length
+        // when lowercased, and punctuation.
+        let pieces = [
+            "emergency",
+            " request",
+            "search",
+            " warrant",
+            "logs",
+            "connection",
+            "gag",
+            " order",
+            "non-",
+            "disclosure",
+            "2703(f)",
+            " ",
+            "  ",
+            "\t",
+            "\r\n",
+            "\u{a0}",
+            "\u{3000}",
+            "İ",
+            "É",
+            "ς",
+            "x",
+            "9",
+            ".",
+            "-",
+            "(",
+            "\u{301}",
+            "URGENT",
+            "kid",
+            "nap",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut with_phrases = 0;
+        for _ in 0..5000 {
+            let mut text = String::new();
+            for _ in 0..(seed % 12) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                text.push_str(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let found = t.phrases_in(&text);
+            assert_eq!(
+                found,
+                phrases_by_definition(&t, &searcher, &text),
+                "{text:?}"
+            );
+            with_phrases += usize::from(found.contains(&true));
+        }
+        assert!(with_phrases > 500, "{with_phrases} texts named a phrase");
     }
 
     fn check(subject: &str, body: &str, attachments: &[&str], kind: RequestKind, emergency: bool) {
