@@ -223,17 +223,6 @@ fn forged(subject: &str) -> Vec<u8> {
     request("Detective Inspector <officer@police.gi>", subject)
 }
 
-/// A police request whose key server fails (SERVFAIL) and that has no
-/// SPF path to fall back on: deferred.
-fn unverifiable() -> Vec<u8> {
-    signed(
-        &request("officer@police.gi", "key server down"),
-        &world().keys.police,
-        "police.gi",
-        "broken",
-    )
-}
-
 fn message_id(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
     text.lines()
@@ -521,7 +510,7 @@ fn references_are_gap_free_per_year() {
         ("LR-2026-0001", "LR-2026-0002")
     );
     // A duplicate and a deferral take no number.
-    let deferred = unverifiable();
+    let deferred = unverifiable_request();
     let out = log.ingest_at(jan, &[&a, &deferred, &police("c"), &police("d")]);
     let refs: Vec<&str> = out
         .iter()
@@ -553,7 +542,7 @@ fn references_are_gap_free_per_year() {
 #[test]
 fn deferrals_are_counted_until_quarantine() {
     let log = Log::with("[limits]\ndefer_max_tries = 3\n");
-    let raw = unverifiable();
+    let raw = unverifiable_request();
     for tries in 1..=2 {
         let out = log.ingest(&[&raw]);
         assert_eq!(out[0]["decision"], "defer", "{}", out[0]);

@@ -690,15 +690,6 @@ fn a_backlog_of_several_batches_is_filed_and_moved_exactly_once() {
 fn the_daily_reply_cap_holds_within_one_batch_whatever_the_address_case() {
     let dovecot = Dovecot::start();
     let install = install(&dovecot, "", "[limits]\nreplies_per_sender_per_day = 3\n");
-    let w = world();
-    let police = |from: &str, subject: &str| {
-        from_police_server(&signed(
-            &request(from, subject),
-            &w.keys.police,
-            "police.gi",
-            "s2026",
-        ))
-    };
     // One fetch, one batch, one transaction: six requests from one
     // officer under three spellings of the address, two from a colleague.
     let spellings = [
@@ -707,12 +698,15 @@ fn the_daily_reply_cap_holds_within_one_batch_whatever_the_address_case() {
         "OFFICER@POLICE.GI",
     ];
     for i in 0..6 {
-        dovecot.append("INBOX", &police(spellings[i % 3], &format!("Order {i}")));
+        dovecot.append(
+            "INBOX",
+            &police_request_from(spellings[i % 3], &format!("Order {i}")),
+        );
     }
     for i in 0..2 {
         dovecot.append(
             "INBOX",
-            &police("sergeant@police.gi", &format!("Warrant {i}")),
+            &police_request_from("sergeant@police.gi", &format!("Warrant {i}")),
         );
     }
     let out = install.run(&["run", "--once"]);
@@ -746,7 +740,10 @@ fn the_daily_reply_cap_holds_within_one_batch_whatever_the_address_case() {
         3
     );
     // A second batch a moment later reads the first one's replies back.
-    dovecot.append("INBOX", &police("officer@police.gi", "Order 6"));
+    dovecot.append(
+        "INBOX",
+        &police_request_from("officer@police.gi", "Order 6"),
+    );
     let out = install.run(&["run", "--once"]);
     assert!(out.status.success());
     assert_eq!(

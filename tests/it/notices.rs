@@ -179,17 +179,6 @@ fn forged(subject: &str) -> Vec<u8> {
     request("Detective Inspector <officer@police.gi>", subject)
 }
 
-/// A police request whose key server fails and that has no SPF path:
-/// deferred.
-fn unverifiable() -> Vec<u8> {
-    signed(
-        &request("officer@police.gi", "key server down"),
-        &world().keys.police,
-        "police.gi",
-        "broken",
-    )
-}
-
 /// An authenticated request from a foreign agency: rejected.
 fn foreign(subject: &str) -> Vec<u8> {
     delivered(
@@ -459,7 +448,7 @@ fn a_message_joining_a_case_is_announced_threaded_to_the_first_notice_and_repeat
     );
     // The same bytes again, and a message that cannot be judged yet: no
     // notice for either.
-    let out = rig.ingest(&[&first, &follow_up, &unverifiable()], T);
+    let out = rig.ingest(&[&first, &follow_up, &unverifiable_request()], T);
     assert_eq!(out[0]["filing"], "duplicate");
     assert_eq!(out[1]["filing"], "duplicate");
     assert_eq!(out[2]["filing"], "deferred");

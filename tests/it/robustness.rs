@@ -165,14 +165,8 @@ fn a_bad_configuration_exits_2_naming_file_key_and_reason() {
 
 #[test]
 fn log_lines_in_json_carry_the_stable_fields() {
-    let w = world();
     let install = Install::new("");
-    let raw = from_police_server(&signed(
-        &request("officer@police.gi", "Warrant"),
-        &w.keys.police,
-        "police.gi",
-        "s2026",
-    ));
+    let raw = police_request_from("officer@police.gi", "Warrant");
     let file = install.file("one.eml", &raw);
     let out = install.run(&["--log-format", "json", "ingest", file.to_str().unwrap()]);
     assert!(out.status.success());

@@ -237,10 +237,25 @@ pub fn from_police_server(raw: &[u8]) -> Vec<u8> {
 /// A genuine Royal Gibraltar Police request: DKIM-signed, delivered from
 /// their server.
 pub fn police_request(subject: &str) -> Vec<u8> {
-    let w = world();
+    police_request_from("Detective Inspector <officer@police.gi>", subject)
+}
+
+/// A police request whose key server fails (SERVFAIL) and that has no
+/// SPF path to fall back on: deferred.
+pub fn unverifiable_request() -> Vec<u8> {
+    signed(
+        &request("officer@police.gi", "key server down"),
+        &world().keys.police,
+        "police.gi",
+        "broken",
+    )
+}
+
+/// [`police_request`] with another From (an address at police.gi).
+pub fn police_request_from(from: &str, subject: &str) -> Vec<u8> {
     from_police_server(&signed(
-        &request("Detective Inspector <officer@police.gi>", subject),
-        &w.keys.police,
+        &request(from, subject),
+        &world().keys.police,
         "police.gi",
         "s2026",
     ))
