@@ -754,3 +754,56 @@ fn the_daily_reply_cap_holds_within_one_batch_whatever_the_address_case() {
         3
     );
 }
+
+#[test]
+fn a_move_cut_while_the_next_batch_is_filed_still_commits_that_batch() {
+    let dovecot = Dovecot::start();
+    // Two batches (256, then 44): the first one's MOVE goes out while the
+    // second is being filed, and the connection drops right after it.
+    let mail: Vec<Vec<u8>> = (0..300)
+        .map(|i| police_request(&format!("Pipelined {i}")))
+        .collect();
+    for raw in &mail {
+        dovecot.append("INBOX", raw);
+    }
+    let proxy = Proxy::start(dovecot.port, usize::MAX, true, 1);
+    let imap = dovecot.imap_config("").replace(
+        &format!("port = {}", dovecot.port),
+        &format!("port = {}", proxy.port),
+    );
+    let install = Install::full(world().dns_addr(), &imap, "", "");
+    let mut daemon = spawn_daemon(&install, &["run"]);
+    // 300 log lines overflow a pipe: read them as they come.
+    let mut stderr = daemon.stderr.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut log = String::new();
+        stderr.read_to_string(&mut log).unwrap();
+        log
+    });
+    wait_for(
+        Duration::from_secs(60),
+        "the inbox to be emptied through the proxy",
+        || dovecot.messages("INBOX").is_empty(),
+    );
+    signal(&daemon, "-TERM");
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    let log = reader.join().unwrap();
+    assert!(
+        proxy.connections.load(Ordering::SeqCst) >= 2,
+        "the cut connection was replaced"
+    );
+    assert_eq!(count(&install, "SELECT count(*) FROM messages"), 300);
+    assert_eq!(log.matches("filing=new").count(), 300, "{log}");
+    // The second batch was committed on the broken connection and only
+    // moved on the next one.
+    assert!(
+        log.lines().any(|l| l.contains("pass complete")
+            && l.contains("filed=0")
+            && !l.contains("moved=0")),
+        "{log}"
+    );
+    let processed = dovecot.messages("Processed");
+    assert_eq!(processed.len(), 300);
+    assert_eq!(sorted(processed), sorted(mail));
+    audit_ok(&install);
+}
