@@ -459,15 +459,16 @@ impl Daemon {
             notify(&[sd_notify::NotifyState::Watchdog]);
             let next = batches.next().filter(|_| !self.cancel.is_cancelled());
             let skipped = &mut tally.skipped;
-            let (filing, connection) =
-                tokio::join!(async { self.start_filing(j.finish().await) }, async {
-                    let moved = move_out(session, &moves, &imap_cfg).await?;
-                    let judging = match next {
-                        Some(b) => Some(self.prepare(session, &b, once, skipped).await?),
-                        None => None,
-                    };
-                    Ok::<_, ImapError>((moved, judging))
-                },);
+            let hand_over = async { self.start_filing(j.finish().await) };
+            let connection = async {
+                let moved = move_out(session, &moves, &imap_cfg).await?;
+                let judging = match next {
+                    Some(b) => Some(self.prepare(session, &b, once, skipped).await?),
+                    None => None,
+                };
+                Ok::<_, ImapError>((moved, judging))
+            };
+            let (filing, connection) = tokio::join!(hand_over, connection);
             match connection {
                 Ok((moved, next)) => {
                     tally.moved += moved;
