@@ -179,21 +179,6 @@ fn forged(subject: &str) -> Vec<u8> {
     request("Detective Inspector <officer@police.gi>", subject)
 }
 
-/// An authenticated request from a foreign agency: rejected.
-fn foreign(subject: &str) -> Vec<u8> {
-    delivered(
-        &signed(
-            &request("ermittler@bka.de", subject),
-            &world().keys.other,
-            "bka.de",
-            "sel",
-        ),
-        "mail.bka.de",
-        STRANGER_IP,
-        "<ermittler@bka.de>",
-    )
-}
-
 fn message_id(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
     text.lines()
@@ -569,14 +554,14 @@ fn the_digest_is_queued_once_a_local_day_at_its_hour_and_lists_the_case_log() {
     let filed = "2026-11-20T10:00:00Z";
     let out = rig.ingest(
         &[
-            &police("Order A", &[]),   // LR-2026-0001: overdue
-            &police("Order B", &[]),   // 0002: due within 7 days
-            &police("Order C", &[]),   // 0003: due later
-            &police("Order D", &[]),   // 0004: responded, deadline passed
-            &police("Order E", &[]),   // 0005: closed
-            &forged("Forged order F"), // 0006: quarantined
-            &forged("Forged order G"), // 0007: quarantined
-            &foreign("Ersuchen H"),    // 0008: out of jurisdiction
+            &police("Order A", &[]),        // LR-2026-0001: overdue
+            &police("Order B", &[]),        // 0002: due within 7 days
+            &police("Order C", &[]),        // 0003: due later
+            &police("Order D", &[]),        // 0004: responded, deadline passed
+            &police("Order E", &[]),        // 0005: closed
+            &forged("Forged order F"),      // 0006: quarantined
+            &forged("Forged order G"),      // 0007: quarantined
+            &foreign_request("Ersuchen H"), // 0008: out of jurisdiction
         ],
         filed,
     );
