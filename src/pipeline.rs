@@ -242,8 +242,8 @@ impl Filer {
 
     /// Files one message: the order of side effects (module docs). Runs
     /// inside the caller's write transaction.
-    fn file(&self, ops: &Ops<'_>, p: &Prepared, tx: &mut TxState) -> anyhow::Result<Outcome> {
-        let now = tx.now;
+    fn file(&self, ops: &Ops<'_>, p: &Prepared, state: &mut TxState) -> anyhow::Result<Outcome> {
+        let now = state.now;
         let inbound = &p.inbound;
         let at = stamp(now);
         let sender = inbound.from_address();
@@ -267,7 +267,7 @@ impl Filer {
         let mut history = History {
             previous_defers: ops.deferrals(&inbound.sha256)?,
             replies_to_sender_today: match sender {
-                Some(s) => tx.get(ops, s, self.policy.replies_per_sender_per_day)?,
+                Some(s) => state.get(ops, s, self.policy.replies_per_sender_per_day)?,
                 None => 0,
             },
             replied_to_case_recently: false,
@@ -420,7 +420,7 @@ impl Filer {
                     "in_reply_to": inbound.message_id,
                 }),
             ));
-            tx.queued(recipient);
+            state.queued(recipient);
             queued = Some(kind);
         }
 
