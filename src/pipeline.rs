@@ -10,10 +10,10 @@
 //!    this sender in 24 h) → a provisional decision (pure), which fixes
 //!    the decision, the agency and the kind of reply; `defer` stops here
 //!    with the deferral counted;
-//! 3. threading: the case named by the message's own Message-ID, its
+//! 3. threading, for a message authenticated for the case's own agency
+//!    only: the case named by the message's own Message-ID, its
 //!    `In-Reply-To`/`References` (our replies' Message-IDs included), or
-//!    an `[LR-YYYY-NNNN]` in the subject of an authenticated message from
-//!    the same agency;
+//!    an `[LR-YYYY-NNNN]` in its subject; anyone else opens a case;
 //! 4. the last piece of history (a reply of the same kind for that case
 //!    within 7 days) → the final decision (pure);
 //! 5. the case opened (next gap-free reference of the year) or updated —
@@ -510,34 +510,45 @@ impl Filer {
     }
 
     /// The existing case a message belongs to, and how it was found.
+    ///
+    /// Only a message authenticated for the case's own agency joins it,
+    /// whichever way it names the case: a Message-ID, `In-Reply-To` and
+    /// `References` are as easy to copy as a reference in a subject, and a
+    /// message that joins a case may change its fields and gets replies
+    /// carrying its reference. Anyone else's message opens a case of its own.
     fn thread(
         &self,
         ops: &Ops<'_>,
         inbound: &Inbound,
         provisional: &Verdict,
     ) -> anyhow::Result<Option<(Case, Value)>> {
-        // A copy of a filed message with other bytes (another Received
-        // line, a redelivery) goes where the first copy went.
-        if let Some(id) = &inbound.message_id
-            && let Some(case) = ops.case_by_msgid(id)?
-        {
-            return Ok(Some((case, json!({ "by": "message_id", "id": id }))));
-        }
-        for id in &inbound.thread_ids {
-            if let Some(case) = ops.case_by_msgid(id)? {
-                return Ok(Some((case, json!({ "by": "references", "id": id }))));
-            }
-        }
-        // Anyone can type a reference into a subject: it counts only for
-        // an authenticated sender of the case's own agency.
         let authenticated = matches!(
             provisional.decision,
             Decision::Acknowledge | Decision::Reject
         );
-        if authenticated && let Some(subject) = &inbound.subject {
+        if !authenticated {
+            return Ok(None);
+        }
+        let ours = |case: &Case| same_agency(case, provisional, inbound);
+        // A copy of a filed message with other bytes (another Received
+        // line, a redelivery) goes where the first copy went.
+        if let Some(id) = &inbound.message_id
+            && let Some(case) = ops.case_by_msgid(id)?
+            && ours(&case)
+        {
+            return Ok(Some((case, json!({ "by": "message_id", "id": id }))));
+        }
+        for id in &inbound.thread_ids {
+            if let Some(case) = ops.case_by_msgid(id)?
+                && ours(&case)
+            {
+                return Ok(Some((case, json!({ "by": "references", "id": id }))));
+            }
+        }
+        if let Some(subject) = &inbound.subject {
             for reference in references_in(subject) {
                 if let Some(case) = ops.case(reference)?
-                    && same_agency(&case, provisional, inbound)
+                    && ours(&case)
                 {
                     return Ok(Some((
                         case,
@@ -556,9 +567,6 @@ impl Filer {
     }
 }
 
-/// "From the same agency": the same allowlisted agency, or — for senders
-/// that are on no allowlist — the same organizational domain as the
-/// authenticated requester who opened the case.
 /// What the filings of one transaction share: their instant, and the
 /// replies queued to each sender in the 24 hours before it. A sender's
 /// count is read from the log at its first message in the transaction,
@@ -599,6 +607,9 @@ impl TxState {
     }
 }
 
+/// "From the same agency": the same allowlisted agency, or — for senders
+/// that are on no allowlist — the same organizational domain as the
+/// authenticated requester who opened the case.
 fn same_agency(case: &Case, provisional: &Verdict, inbound: &Inbound) -> bool {
     match (&case.agency, &provisional.agency) {
         (Some(a), Some(b)) => a == b,

@@ -483,6 +483,114 @@ fn messages_join_cases_by_each_threading_rule() {
     log.assert_intact();
 }
 
+/// `emergency` wording from another sender, authenticated for its own domain.
+fn foreign_emergency_with(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut raw = testkit::mail::message(
+        "Ermittler <ermittler@bka.de>",
+        "legal@ivpn.net",
+        "Re: Production order 2026/117",
+        "There is an imminent threat to life. Provide everything now.\n",
+    );
+    for (name, value) in headers {
+        raw = with_header(&raw, name, value);
+    }
+    signed(&raw, &world().keys.other, "bka.de", "sel")
+}
+
+#[test]
+fn only_the_cases_own_agency_joins_it_whatever_it_names() {
+    let log = Log::new();
+    let first = police("Production order 2026/117");
+    assert_eq!(log.ingest(&[&first])[0]["case"], "LR-2026-0001");
+    let ours = message_id(&first);
+    let our_reply = log.show("LR-2026-0001")["replies"][0]["msgid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Another authenticated sender naming the case every way it can, with
+    // wording that would flag the case as an emergency.
+    let by_in_reply_to = foreign_emergency_with(&[("In-Reply-To", &ours)]);
+    let by_references = foreign_emergency_with(&[("References", &our_reply)]);
+    let by_message_id = foreign_emergency_with(&[("Message-ID", &ours)]);
+    // Another Gibraltar agency is not the case's agency either.
+    let other_agency = signed(
+        &with_header(
+            &request(
+                "Attorney General <ag@gibraltar.gov.gi>",
+                "Re: Production order",
+            ),
+            "In-Reply-To",
+            &ours,
+        ),
+        &world().keys.government,
+        "gibraltar.gov.gi",
+        "ed2026",
+    );
+    // A forgery claiming the police, threaded by In-Reply-To and by a copy
+    // of the first message's Message-ID.
+    let forged_reply = with_header(
+        &forged("Re: Production order 2026/117"),
+        "In-Reply-To",
+        &ours,
+    );
+    let forged_copy = with_header(&forged("Production order 2026/117"), "Message-ID", &ours);
+    let out = log.ingest(&[
+        &by_in_reply_to,
+        &by_references,
+        &by_message_id,
+        &other_agency,
+        &forged_reply,
+        &forged_copy,
+    ]);
+    let got: Vec<(&str, &str, bool)> = out
+        .iter()
+        .map(|o| {
+            (
+                s(&o["case"]),
+                s(&o["decision"]),
+                o["new_case"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("LR-2026-0002", "reject", true),
+            ("LR-2026-0003", "reject", true),
+            ("LR-2026-0004", "reject", true),
+            ("LR-2026-0005", "acknowledge", true),
+            ("LR-2026-0006", "quarantine", true),
+            ("LR-2026-0007", "quarantine", true),
+        ]
+    );
+
+    // The agency's case is untouched: one message, no emergency flag.
+    let shown = log.show("LR-2026-0001");
+    assert_eq!(shown["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(shown["case"]["emergency"], false);
+    assert_eq!(shown["replies"].as_array().unwrap().len(), 1);
+    // No reply to anyone else carries the agency's reference.
+    let db = log.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT o.recipient, c.reference, o.msgid FROM outbox o \
+             JOIN cases c ON c.id = o.case_id WHERE o.recipient <> 'officer@police.gi'",
+        )
+        .unwrap();
+    let others: Vec<(String, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(others.len(), 4, "{others:?}");
+    for reply in &others {
+        let rendered = format!("{reply:?}");
+        assert!(!rendered.contains("LR-2026-0001"), "{rendered}");
+    }
+    log.assert_intact();
+}
+
 #[test]
 fn foreign_agencies_thread_by_subject_within_their_own_domain() {
     let log = Log::new();
