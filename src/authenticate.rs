@@ -11,28 +11,43 @@
 //!   (RFC 8301 §3.1), and RSA keys under 1024 bits give `policy`;
 //! - signatures with `l=` never pass (mail-auth's strict parse turns them
 //!   into an error, reported here as `policy`);
-//! - at most `auth.max_signatures` signatures are examined, those aligned
-//!   with the From domain first, and all checks of one message share one
-//!   time budget;
+//! - a signature whose `h=` leaves out From is ignored as a `permerror`
+//!   (RFC 6376 §6.1.1); a key in testing mode (`t=y`) counts as no
+//!   signature, a key whose `s=` is not for e-mail or whose `h=` excludes
+//!   SHA-256 gives `permerror`; the key is the TXT record at the name that
+//!   parses as one, and the evidence keeps that record;
+//! - every signature aligned with the From domain is examined (up to 64),
+//!   the others fill the rest of `auth.max_signatures`; keys are fetched
+//!   concurrently, each lookup bounded by `dns.timeout`, and the first
+//!   aligned pass ends the examination; all checks of one message share one
+//!   time budget, and the informational DMARC lookup has one lookup's time
+//!   of its own;
 //! - a DNS failure that is not an authoritative "no such record" is a
 //!   `temperror`, never a `permerror`, so it defers instead of condemning.
 
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::system_conf::read_system_conf;
 use ipnet::IpNet;
 use mail_auth::common::crypto::Algorithm;
+use mail_auth::common::headers::Header;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::dkim::{DkimError, Signature};
 use mail_auth::hickory_resolver;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, DkimResult, DnsError, Error as AuthError, MessageAuthenticator, SpfResult,
+    AuthenticatedMessage, DkimResult, DnsError, Error as AuthError, MessageAuthenticator,
+    Parameters, ResolverCache, SpfResult, Txt,
 };
 use serde::Serialize;
 
@@ -181,6 +196,7 @@ struct Inner {
     internal_networks: Vec<IpNet>,
     max_signatures: usize,
     budget: Duration,
+    dns_timeout: Duration,
 }
 
 impl Authenticator {
@@ -226,6 +242,7 @@ impl Authenticator {
                 internal_networks: config.auth.internal_networks.clone(),
                 max_signatures: config.auth.max_signatures,
                 budget: config.auth.time_budget,
+                dns_timeout: config.dns.timeout,
             }),
         })
     }
@@ -235,11 +252,23 @@ impl Authenticator {
         if let Some(a) = inbound.anomalies.first() {
             return Evidence::unchecked(&format!("not checked: {a}"));
         }
-        let deadline = Instant::now() + self.inner.budget;
+        let started = Instant::now();
+        let deadline = started + self.inner.budget;
         let from = inbound.from_domain();
-        let (dkim, spf) = tokio::join!(
+        // The DMARC record is informational: it runs beside the checks,
+        // from the start, within one lookup's time of its own, and never
+        // holds up the verdict.
+        let dmarc_deadline = deadline.min(started + self.inner.dns_timeout);
+        let dmarc = async {
+            match from {
+                Some(from) => self.dmarc_record(from, dmarc_deadline).await,
+                None => (None, None),
+            }
+        };
+        let (dkim, spf, (record, policy)) = tokio::join!(
             self.dkim(raw, from, deadline),
-            self.spf(&inbound.received, inbound.return_path.as_ref(), deadline)
+            self.spf(&inbound.received, inbound.return_path.as_ref(), deadline),
+            dmarc
         );
         let mut evidence = Evidence {
             dkim,
@@ -252,13 +281,22 @@ impl Authenticator {
         };
         if let Some(from) = from {
             evidence.dmarc.result = decide::alignment(from, &evidence).dmarc_result();
-            let (record, policy) = self.dmarc_record(from, deadline).await;
             evidence.dmarc.record = record;
             evidence.dmarc.policy = policy;
         }
         evidence
     }
 
+    /// Examines the message's DKIM signatures; the checks come back in the
+    /// order of the signatures in the message.
+    ///
+    /// Policy refusals need no DNS. The keys of the rest are fetched
+    /// concurrently, each lookup bounded by `dns.timeout`, and each
+    /// signature is verified as soon as its key arrives; the first aligned
+    /// signature that verifies ends the examination (what is still waiting
+    /// is listed as not examined). Signatures aligned with the From domain
+    /// are all examined, up to [`MAX_ALIGNED`]; the others fill the rest of
+    /// `auth.max_signatures`, so bogus signatures cannot hide a genuine one.
     async fn dkim(
         &self,
         raw: &[u8],
@@ -268,7 +306,22 @@ impl Authenticator {
         let Some(mut message) = AuthenticatedMessage::parse(raw) else {
             return Vec::new();
         };
-        let mut checks = Vec::new();
+        // Where each DKIM-Signature stands among the headers, so the checks
+        // can be listed in the message's order whatever order they finish in.
+        // (Header values are slices of `raw`, so their addresses tell them
+        // apart.)
+        let headers: Vec<usize> = message
+            .headers
+            .iter()
+            .map(|(_, v)| v.as_ptr() as usize)
+            .collect();
+        let position = |value: &[u8]| {
+            headers
+                .iter()
+                .position(|p| *p == value.as_ptr() as usize)
+                .unwrap_or(usize::MAX)
+        };
+        let mut checks: Vec<(usize, DkimCheck)> = Vec::new();
 
         // Signatures that could not be parsed, or that carry `l=` (which
         // the strict parse refuses), are reported with the d= and s= read
@@ -291,120 +344,275 @@ impl Authenticator {
                     format!("malformed signature: {other}"),
                 ),
             };
-            checks.push(DkimCheck {
-                domain,
-                selector,
-                algorithm,
-                result,
-                reason: Some(reason),
-                key_record: None,
-            });
-        }
-
-        // rsa-sha1 is refused outright; the rest are ordered aligned-first
-        // and cut to the configured number.
-        let mut kept = Vec::new();
-        for h in message.dkim_headers.drain(..) {
-            if h.header.a == Algorithm::RsaSha1 {
-                checks.push(DkimCheck {
-                    domain: h.header.d.to_ascii_lowercase(),
-                    selector: h.header.s.clone(),
-                    algorithm: "rsa-sha1",
-                    result: AuthResult::Policy,
-                    reason: Some("rsa-sha1 is not accepted (RFC 8301)".to_string()),
+            checks.push((
+                position(e.value),
+                DkimCheck {
+                    domain,
+                    selector,
+                    algorithm,
+                    result,
+                    reason: Some(reason),
                     key_record: None,
-                });
-            } else {
-                kept.push(h);
-            }
+                },
+            ));
         }
+        // Errors were reported above; mail-auth would report them again.
+        message.errors.clear();
+
+        // Refusals that need no key: rsa-sha1, and a signature that does
+        // not cover the From header (RFC 6376 §6.1.1: whoever signed it did
+        // not vouch for the author).
         let is_aligned = |s: &Signature| {
             from.zip(normalize_domain(&s.d))
                 .is_some_and(|(f, d)| f.aligned_with(&d))
         };
-        kept.sort_by_key(|h| !is_aligned(&h.header));
-        for h in kept.drain(self.inner.max_signatures.min(kept.len())..) {
-            checks.push(DkimCheck {
-                domain: h.header.d.to_ascii_lowercase(),
-                selector: h.header.s.clone(),
-                algorithm: algorithm_name(h.header.a),
-                result: AuthResult::None,
-                reason: Some(format!(
+        let mut pending = Vec::new();
+        for h in message.dkim_headers.drain(..) {
+            let pos = position(h.value);
+            let refusal = if h.header.a == Algorithm::RsaSha1 {
+                Some((AuthResult::Policy, "rsa-sha1 is not accepted (RFC 8301)"))
+            } else if !h.header.h.iter().any(|n| n.eq_ignore_ascii_case("from")) {
+                Some((
+                    AuthResult::PermError,
+                    "the From header is not signed (h=), so the signature is ignored (RFC 6376 §6.1.1)",
+                ))
+            } else {
+                None
+            };
+            match refusal {
+                Some((result, reason)) => {
+                    checks.push((pos, unexamined(&h.header, result, reason.to_string())))
+                }
+                None => pending.push(Pending {
+                    pos,
+                    aligned: is_aligned(&h.header),
+                    header: h,
+                }),
+            }
+        }
+
+        // Aligned first, each group in message order; then the cap.
+        pending.sort_by_key(|p| (!p.aligned, p.pos));
+        let aligned = pending.iter().filter(|p| p.aligned).count();
+        let examined = aligned
+            .min(MAX_ALIGNED)
+            .max(self.inner.max_signatures)
+            .min(pending.len());
+        for p in pending.drain(examined..) {
+            let reason = if p.aligned {
+                format!("not examined: more than {MAX_ALIGNED} aligned signatures")
+            } else {
+                format!(
                     "not examined: more than {} signatures",
                     self.inner.max_signatures
-                )),
-                key_record: None,
-            });
-        }
-        message.dkim_headers = kept;
-        // Errors were reported above; mail-auth would report them again.
-        message.errors.clear();
-
-        let examined: Vec<(String, String, &'static str)> = message
-            .dkim_headers
-            .iter()
-            .map(|h| {
-                (
-                    h.header.d.to_ascii_lowercase(),
-                    h.header.s.clone(),
-                    algorithm_name(h.header.a),
                 )
-            })
-            .collect();
-        let outputs =
-            tokio::time::timeout_at(deadline.into(), self.inner.resolver.verify_dkim(&message))
-                .await;
-        let Ok(outputs) = outputs else {
-            for (domain, selector, algorithm) in examined {
-                checks.push(DkimCheck {
-                    domain,
-                    selector,
-                    algorithm,
-                    result: AuthResult::TempError,
-                    reason: Some("time budget for this message exhausted".to_string()),
-                    key_record: None,
-                });
-            }
-            return checks;
-        };
+            };
+            checks.push((
+                p.pos,
+                unexamined(&p.header.header, AuthResult::None, reason),
+            ));
+        }
 
-        for output in outputs {
-            let Some(sig) = output.signature() else {
-                continue;
-            };
-            let (mut result, mut reason) = dkim_result(output.result());
-            let key_name = format!("{}._domainkey.{}.", sig.s, sig.d);
-            let key_record = if result == AuthResult::TempError {
-                None
-            } else {
-                self.txt(&key_name, deadline)
-                    .await
-                    .ok()
-                    .and_then(|r| r.into_iter().next())
-            };
-            // The key size is checked whatever the library said, so that a
-            // short key is reported as what it is rather than as a bad
-            // signature.
-            if sig.a == Algorithm::RsaSha256 && result != AuthResult::TempError {
-                let bits = key_record
-                    .as_deref()
-                    .and_then(|r| DomainKey::parse(r.as_bytes()).ok())
-                    .map(|k| k.p.public_key_bits());
-                if let Some(bits) = bits.filter(|b| (1..MIN_RSA_BITS).contains(b)) {
-                    result = AuthResult::Policy;
-                    reason = Some(format!("RSA key of {bits} bits is too short (RFC 8301)"));
+        // One lookup per key name, all at once; signatures are verified
+        // as their keys arrive.
+        let mut waiting: HashMap<String, Vec<Pending>> = HashMap::new();
+        let mut names = Vec::new();
+        for p in pending {
+            let name = key_name(&p.header.header);
+            if !waiting.contains_key(&name) {
+                names.push(name.clone());
+            }
+            waiting.entry(name).or_default().push(p);
+        }
+        let lookups = futures_util::stream::iter(names)
+            .map(|name| async move {
+                let key = self.key(&name, deadline).await;
+                (name, key)
+            })
+            .buffer_unordered(MAX_ALIGNED);
+        let mut passed = false;
+        let examine = async {
+            futures_util::pin_mut!(lookups);
+            while let Some((name, key)) = lookups.next().await {
+                for p in waiting.remove(&name).unwrap_or_default() {
+                    let check = self.verify(&mut message, p.header, &name, &key).await;
+                    passed |= p.aligned && check.result == AuthResult::Pass;
+                    checks.push((p.pos, check));
+                }
+                if passed {
+                    break;
                 }
             }
-            checks.push(DkimCheck {
-                domain: sig.d.to_ascii_lowercase(),
-                selector: sig.s.clone(),
-                algorithm: algorithm_name(sig.a),
+        };
+        let in_time = tokio::time::timeout_at(deadline.into(), examine)
+            .await
+            .is_ok();
+        let (result, reason) = if passed {
+            (
+                AuthResult::None,
+                "not examined: an aligned signature had already verified",
+            )
+        } else if in_time {
+            (AuthResult::TempError, "not examined")
+        } else {
+            (
+                AuthResult::TempError,
+                "time budget for this message exhausted",
+            )
+        };
+        for p in waiting.into_values().flatten() {
+            checks.push((
+                p.pos,
+                unexamined(&p.header.header, result, reason.to_string()),
+            ));
+        }
+        checks.sort_by_key(|(pos, _)| *pos);
+        checks.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Fetches and reads the key record at `name`: the TXT record that
+    /// parses as a DKIM key (a name may hold other TXT records too).
+    async fn key(&self, name: &str, deadline: Instant) -> KeyLookup {
+        let refused = |result, reason: String, record| KeyLookup::Refused {
+            result,
+            reason,
+            record,
+        };
+        // One lookup's time, within what is left of the message's budget.
+        let until = deadline.min(Instant::now() + self.inner.dns_timeout);
+        let records = match self.txt(name, until).await {
+            Err(_) if Instant::now() >= deadline => {
+                return refused(
+                    AuthResult::TempError,
+                    "time budget for this message exhausted".to_string(),
+                    None,
+                );
+            }
+            Err(e) => {
+                return refused(
+                    AuthResult::TempError,
+                    format!("DNS timeout or failure fetching the key ({e})"),
+                    None,
+                );
+            }
+            Ok(records) if records.is_empty() => {
+                return refused(
+                    AuthResult::PermError,
+                    "no key record published".to_string(),
+                    None,
+                );
+            }
+            Ok(records) => records,
+        };
+        let mut revoked = None;
+        let mut invalid = None;
+        for record in records {
+            match DomainKey::parse(record.as_bytes()) {
+                Ok(key) => {
+                    return KeyLookup::Found(Box::new(Key {
+                        flags: KeyFlags::read(&record),
+                        key: Arc::new(key),
+                        record,
+                    }));
+                }
+                Err(AuthError::Dkim(DkimError::RevokedPublicKey)) => {
+                    revoked.get_or_insert(record);
+                }
+                Err(_) if looks_like_key(&record) => {
+                    invalid.get_or_insert(record);
+                }
+                Err(_) => {}
+            }
+        }
+        match (revoked, invalid) {
+            (Some(record), _) => refused(
+                AuthResult::Fail,
+                "key revoked (empty p=)".to_string(),
+                Some(record),
+            ),
+            (None, Some(record)) => refused(
+                AuthResult::PermError,
+                "key record is not a valid DKIM key".to_string(),
+                Some(record),
+            ),
+            (None, None) => refused(
+                AuthResult::PermError,
+                "no DKIM key among the TXT records at the key's name".to_string(),
+                None,
+            ),
+        }
+    }
+
+    /// Verifies one signature against its fetched key, after the key's own
+    /// restrictions (RFC 6376 §3.6.1) and the size rule.
+    async fn verify<'x>(
+        &self,
+        message: &mut AuthenticatedMessage<'x>,
+        header: mail_auth::common::headers::Header<'x, Signature>,
+        name: &str,
+        key: &KeyLookup,
+    ) -> DkimCheck {
+        let sig = &header.header;
+        let key = match key {
+            KeyLookup::Refused {
                 result,
                 reason,
-                key_record,
-            });
+                record,
+            } => {
+                return DkimCheck {
+                    key_record: record.clone(),
+                    ..unexamined(sig, *result, reason.clone())
+                };
+            }
+            KeyLookup::Found(key) => key,
+        };
+        let with_key = |result, reason: &str| DkimCheck {
+            key_record: Some(key.record.clone()),
+            ..unexamined(sig, result, reason.to_string())
+        };
+        if key.flags.testing {
+            return with_key(
+                AuthResult::None,
+                "key is in testing mode (t=y): treated as unsigned (RFC 6376 §3.6.1)",
+            );
         }
-        checks
+        if !key.flags.for_email {
+            return with_key(
+                AuthResult::PermError,
+                "key is not for e-mail (s= names neither email nor *)",
+            );
+        }
+        if !key.flags.allows_sha256 {
+            return with_key(
+                AuthResult::PermError,
+                "key does not allow the signature's hash (h= without sha256)",
+            );
+        }
+        if sig.a == Algorithm::RsaSha256 {
+            let bits = key.key.p.public_key_bits();
+            if (1..MIN_RSA_BITS).contains(&bits) {
+                return with_key(
+                    AuthResult::Policy,
+                    &format!("RSA key of {bits} bits is too short (RFC 8301)"),
+                );
+            }
+        }
+        let mut check = with_key(AuthResult::None, "");
+        let cache = OneKey {
+            name: name.into(),
+            key: Txt::DomainKey(key.key.clone()),
+        };
+        message.dkim_headers = vec![header];
+        let outputs = self
+            .inner
+            .resolver
+            .verify_dkim(Parameters::new(&*message).with_txt_cache(&cache))
+            .await;
+        (check.result, check.reason) = outputs.first().map_or_else(
+            || (AuthResult::PermError, Some("not verified".to_string())),
+            |o| dkim_result(o.result()),
+        );
+        check
     }
 
     /// The first `Received` line that the policy accepts as evidence: added
@@ -516,27 +724,33 @@ impl Authenticator {
         from: &DomainName,
         deadline: Instant,
     ) -> (Option<String>, Option<String>) {
-        let mut names = vec![from.as_str().to_string()];
-        if from.organizational() != from.as_str() {
-            names.push(from.organizational().to_string());
-        }
-        for name in names {
-            let Ok(records) = self.txt(&format!("_dmarc.{name}."), deadline).await else {
-                continue;
-            };
-            if let Some(r) = records
-                .into_iter()
-                .find(|r| r.to_ascii_lowercase().starts_with("v=dmarc1"))
-            {
-                let policy = r
-                    .split(';')
-                    .filter_map(|t| t.split_once('='))
-                    .find(|(k, _)| k.trim().eq_ignore_ascii_case("p"))
-                    .map(|(_, v)| v.trim().to_ascii_lowercase());
-                return (Some(r), policy);
-            }
-        }
-        (None, None)
+        let org = from.organizational();
+        let lookup = |name: String| async move {
+            self.txt(&format!("_dmarc.{name}."), deadline)
+                .await
+                .ok()
+                .and_then(|records| {
+                    records
+                        .into_iter()
+                        .find(|r| r.to_ascii_lowercase().starts_with("v=dmarc1"))
+                })
+        };
+        let (own, inherited) = if org != from.as_str() {
+            tokio::join!(lookup(from.as_str().to_string()), async {
+                lookup(org.to_string()).await
+            })
+        } else {
+            (lookup(from.as_str().to_string()).await, None)
+        };
+        let Some(r) = own.or(inherited) else {
+            return (None, None);
+        };
+        let policy = r
+            .split(';')
+            .filter_map(|t| t.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("p"))
+            .map(|(_, v)| v.trim().to_ascii_lowercase());
+        (Some(r), policy)
     }
 
     /// The TXT records of `name`, each record's strings joined; an empty
@@ -573,6 +787,133 @@ fn unmapped(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         IpAddr::V4(_) => ip,
     }
+}
+
+/// Aligned signatures examined at most, and key lookups in flight at once:
+/// enough that dozens of never-answering keys cost one lookup's timeout.
+const MAX_ALIGNED: usize = 64;
+
+/// A signature waiting for its key.
+struct Pending<'x> {
+    /// Its place among the message's headers.
+    pos: usize,
+    aligned: bool,
+    header: Header<'x, Signature>,
+}
+
+/// What the key lookup of one name gave.
+enum KeyLookup {
+    Found(Box<Key>),
+    Refused {
+        result: AuthResult,
+        reason: String,
+        record: Option<String>,
+    },
+}
+
+/// A key record that parses as a DKIM key, as fetched.
+struct Key {
+    record: String,
+    key: Arc<DomainKey>,
+    flags: KeyFlags,
+}
+
+/// The key record's restrictions on its own use (RFC 6376 §3.6.1).
+#[derive(Debug, PartialEq, Eq)]
+struct KeyFlags {
+    /// `t=y`: the domain is testing DKIM; verifiers treat the mail as
+    /// unsigned.
+    testing: bool,
+    /// `s=` absent, or naming `email` or `*`.
+    for_email: bool,
+    /// `h=` absent, or naming `sha256`.
+    allows_sha256: bool,
+}
+
+impl KeyFlags {
+    fn read(record: &str) -> KeyFlags {
+        let mut flags = KeyFlags {
+            testing: false,
+            for_email: true,
+            allows_sha256: true,
+        };
+        for tag in record.split(';') {
+            let Some((name, value)) = tag.split_once('=') else {
+                continue;
+            };
+            let mut items = value.split(':').map(|i| {
+                i.chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect::<String>()
+                    .to_ascii_lowercase()
+            });
+            // Tag names are case-sensitive (RFC 6376 §3.2).
+            match name.trim() {
+                "t" => flags.testing = items.any(|i| i == "y"),
+                "s" => flags.for_email = items.any(|i| i == "email" || i == "*"),
+                "h" => flags.allows_sha256 = items.any(|i| i == "sha256"),
+                _ => {}
+            }
+        }
+        flags
+    }
+}
+
+/// A TXT record that claims to be a DKIM key, valid or not.
+fn looks_like_key(record: &str) -> bool {
+    let r = record.trim_start();
+    r.starts_with("v=DKIM1") || r.split(';').any(|t| t.trim_start().starts_with("p="))
+}
+
+/// The name of a signature's key record, as mail-auth asks for it.
+fn key_name(sig: &Signature) -> String {
+    format!("{}._domainkey.{}.", sig.s, sig.d)
+}
+
+/// A check of `sig` with no key involved.
+fn unexamined(sig: &Signature, result: AuthResult, reason: String) -> DkimCheck {
+    DkimCheck {
+        domain: sig.d.to_ascii_lowercase(),
+        selector: sig.s.clone(),
+        algorithm: algorithm_name(sig.a),
+        result,
+        reason: (!reason.is_empty()).then_some(reason),
+        key_record: None,
+    }
+}
+
+/// mail-auth's view of DNS while one signature is verified: its key,
+/// already fetched and checked, and nothing else (any other name is
+/// absent), so verification itself never touches the network.
+struct OneKey {
+    name: Box<str>,
+    key: Txt,
+}
+
+impl ResolverCache<Box<str>, Txt> for OneKey {
+    fn get<Q>(&self, name: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        Some(if <Box<str> as Borrow<Q>>::borrow(&self.name) == name {
+            self.key.clone()
+        } else {
+            Txt::Error(AuthError::Dns(DnsError::RecordNotFound(
+                ResponseCode::NXDomain,
+            )))
+        })
+    }
+
+    fn remove<Q>(&self, _: &Q) -> Option<Txt>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        None
+    }
+
+    fn insert(&self, _: Box<str>, _: Txt, _: Instant) {}
 }
 
 fn algorithm_name(a: Algorithm) -> &'static str {
@@ -683,6 +1024,29 @@ fn spf_result(r: SpfResult) -> AuthResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_restrictions_are_read_from_the_record() {
+        let flags = |r| KeyFlags::read(r);
+        let open = KeyFlags {
+            testing: false,
+            for_email: true,
+            allows_sha256: true,
+        };
+        assert_eq!(flags("v=DKIM1; k=rsa; p=AB"), open);
+        assert!(flags("v=DKIM1; t=s:y; p=AB").testing);
+        assert!(!flags("v=DKIM1; t=s; p=AB").testing);
+        // Tag names are case-sensitive: `T=y` is an unknown tag.
+        assert!(!flags("v=DKIM1; T=y; p=AB").testing);
+        assert!(flags("v=DKIM1; s=email; p=AB").for_email);
+        assert!(flags("v=DKIM1; s = * ; p=AB").for_email);
+        assert!(!flags("v=DKIM1; s=tlsrpt; p=AB").for_email);
+        assert!(flags("v=DKIM1; h=sha1:SHA256; p=AB").allows_sha256);
+        assert!(!flags("v=DKIM1; h=sha1; p=AB").allows_sha256);
+        assert!(looks_like_key("v=DKIM1; p="));
+        assert!(looks_like_key("k=rsa; p=AB"));
+        assert!(!looks_like_key("site-verification=0123"));
+    }
 
     #[test]
     fn tags_are_read_from_unparseable_signatures() {

@@ -64,6 +64,10 @@ pub enum SenderProblem {
     Unreadable,
     #[error("From domain is not a valid domain name")]
     BadDomain,
+    /// `officer@police.gi@freemail.example`, quoted or not: which part a
+    /// reader takes for the domain depends on the reader.
+    #[error("From address has an @ in its local part")]
+    AtInLocalPart,
 }
 
 /// The recorded envelope sender.
@@ -274,6 +278,9 @@ fn sender(froms: &[&HeaderValue]) -> Result<Mailbox, SenderProblem> {
 /// Splits and checks one address; the inner error distinguishes a bad
 /// domain from an address that is not an address at all.
 fn mailbox(address: &str) -> Option<Result<Mailbox, SenderProblem>> {
+    if address.matches('@').count() > 1 {
+        return Some(Err(SenderProblem::AtInLocalPart));
+    }
     let (local, domain) = split_address(address)?;
     Some(match normalize_domain(domain) {
         Some(domain) => Ok(Mailbox {
@@ -285,10 +292,14 @@ fn mailbox(address: &str) -> Option<Result<Mailbox, SenderProblem>> {
     })
 }
 
-/// `local@domain` split at the last `@`, both parts non-empty and free of
-/// whitespace, control characters and angle brackets.
+/// `local@domain` split at its one `@`, both parts non-empty and free of
+/// whitespace, control characters and angle brackets; an address with
+/// several `@` is refused.
 pub fn split_address(address: &str) -> Option<(&str, &str)> {
-    let (local, domain) = address.rsplit_once('@')?;
+    let (local, domain) = address.split_once('@')?;
+    if domain.contains('@') {
+        return None;
+    }
     let ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 254
@@ -526,6 +537,28 @@ mod tests {
             "From: x@bad_domain.example\r\n",
             Err(SenderProblem::BadDomain),
         );
+        for two_ats in [
+            "From: officer@police.gi@freemail.example\r\n",
+            "From: Officer <officer@police.gi@freemail.example>\r\n",
+            "From: \"officer@police.gi\"@freemail.example\r\n",
+            "From: <\"officer@police.gi\"@freemail.example>\r\n",
+            "From: officer@@freemail.example\r\n",
+        ] {
+            let m = parse_str(&format!("{two_ats}Subject: x\r\n\r\nbody\r\n"));
+            assert!(
+                matches!(
+                    m.from,
+                    Err(SenderProblem::AtInLocalPart | SenderProblem::Unreadable)
+                ),
+                "{two_ats:?}: {:?}",
+                m.from
+            );
+        }
+        check_from(
+            "From: officer@police.gi@freemail.example\r\n",
+            Err(SenderProblem::AtInLocalPart),
+        );
+        assert_eq!(split_address("a@b@c.example"), None);
     }
 
     #[test]

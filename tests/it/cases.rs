@@ -328,6 +328,23 @@ fn filing_keeps_bytes_verdict_evidence_and_queues_the_reply() {
 }
 
 #[test]
+fn the_evidence_keeps_the_txt_record_that_is_the_key() {
+    let log = Log::new();
+    // Another TXT record stands before the key at its name.
+    let raw = from_police_server(&signed(
+        &request("Detective Inspector <officer@police.gi>", "Order"),
+        &world().keys.police,
+        "police.gi",
+        "multi",
+    ));
+    assert_eq!(log.ingest(&[&raw])[0]["decision"], "acknowledge");
+    let shown = log.show("LR-2026-0001");
+    let dkim = &shown["messages"][0]["verdict"]["evidence"]["dkim"][0];
+    assert_eq!(dkim["result"], "pass");
+    assert_eq!(dkim["key_record"], world().keys.police.dns_txt);
+}
+
+#[test]
 fn the_same_bytes_are_filed_once() {
     let log = Log::new();
     let raw = police("Preservation request");

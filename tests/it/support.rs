@@ -19,6 +19,9 @@ pub const POLICE_IP6: &str = "2001:db8::10";
 /// An address nobody authorised.
 pub const STRANGER_IP: &str = "203.0.113.66";
 
+/// Selectors `slow0` … of police.gi whose key queries are never answered.
+pub const NEVER_ANSWERING_KEYS: usize = 50;
+
 /// Keys of this run, by name.
 pub struct Keys {
     pub police: TestKey,
@@ -59,6 +62,23 @@ pub fn world() -> &'static World {
             .txt("soft.police.gi", &format!("v=spf1 ip4:{POLICE_IP} ~all"))
             .a("mail.police.gi", POLICE_IP.parse().unwrap())
             .timeout("slow._domainkey.police.gi")
+            .timeout("_dmarc.cid.police.gi")
+            // The police key with restrictions of its own (RFC 6376 §3.6.1).
+            .txt(
+                "testing._domainkey.police.gi",
+                &format!("{}; t=y", keys.police.dns_txt),
+            )
+            .txt(
+                "nomail._domainkey.police.gi",
+                &format!("{}; s=tlsrpt", keys.police.dns_txt),
+            )
+            .txt(
+                "sha1only._domainkey.police.gi",
+                &format!("{}; h=sha1", keys.police.dns_txt),
+            )
+            // Another TXT record before the key at the key's name.
+            .txt("multi._domainkey.police.gi", "site-verification=0123456789")
+            .txt("multi._domainkey.police.gi", &keys.police.dns_txt)
             .servfail("broken._domainkey.police.gi")
             .servfail("flaky.police.gi");
         // HM Government of Gibraltar: Ed25519 under a public suffix (gov.gi).
@@ -78,6 +98,10 @@ pub fn world() -> &'static World {
         ] {
             z.txt(&format!("sel._domainkey.{d}"), &keys.other.dns_txt)
                 .txt(d, &format!("v=spf1 ip4:{STRANGER_IP} -all"));
+        }
+        // Keys that never answer, one name each.
+        for n in 0..NEVER_ANSWERING_KEYS {
+            z.timeout(&format!("slow{n}._domainkey.police.gi"));
         }
         let dns = DnsServer::start(z).expect("start the test DNS server");
         World { dns, keys }
@@ -153,6 +177,15 @@ domains = ["gibraltar.gov.gi"]
         )
         .unwrap();
         Install { dir, config }
+    }
+
+    /// The configuration keeps the default `dns.timeout_secs` (5 s)
+    /// instead of the tests' 1 s.
+    pub fn with_default_dns_timeout(self) -> Install {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen("timeout_secs = 1\n", "", 1);
+        std::fs::write(&self.config, text).unwrap();
+        self
     }
 
     /// Runs the binary with `--config` and the arguments.
