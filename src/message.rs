@@ -388,6 +388,9 @@ fn automatic(
     from: Option<&Mailbox>,
 ) -> Option<String> {
     if let Some(v) = auto_submitted {
+        // RFC 3834 §5: the keyword before any parameter, comments aside
+        // (`no (personal)` is `no`).
+        let v = without_comments(v);
         let keyword = v.split(';').next().unwrap_or("").trim();
         if !keyword.eq_ignore_ascii_case("no") {
             return Some(format!("Auto-Submitted: {}", clean(keyword, 40)));
@@ -451,7 +454,41 @@ fn is_automatic_local_part(local: &str) -> bool {
             | "majordomo"
     ) || l.starts_with("owner-")
         || l.ends_with("-request")
-        || l.starts_with("bounce")
+}
+
+/// A structured header value with its RFC 5322 comments (nested,
+/// with quoted pairs) replaced by a space; quoted strings are kept as they
+/// are. An unclosed comment runs to the end.
+fn without_comments(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut depth = 0usize;
+    let mut quoted = false;
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if depth > 0 || quoted => {
+                let next = chars.next();
+                if depth == 0 {
+                    out.push(c);
+                    out.extend(next);
+                }
+            }
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                out.push(c);
+            }
+            '(' if !quoted => {
+                if depth == 0 {
+                    out.push(' ');
+                }
+                depth += 1;
+            }
+            ')' if !quoted && depth > 0 => depth -= 1,
+            _ if depth > 0 => {}
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// Makes header text safe to store, log and copy into a reply: control
@@ -583,6 +620,13 @@ mod tests {
         for (headers, automatic) in [
             ("Auto-Submitted: auto-replied\r\n", true),
             ("Auto-Submitted: no\r\n", false),
+            ("Auto-Submitted: no (personal)\r\n", false),
+            ("Auto-Submitted: (sent by a person) No\r\n", false),
+            ("Auto-Submitted: no (a (nested\\) comment))\r\n", false),
+            ("Auto-Submitted: auto-generated (daily report)\r\n", true),
+            ("Auto-Submitted: (no) auto-replied\r\n", true),
+            ("Return-Path: <bounces+123@gateway.police.gi>\r\n", false),
+            ("Return-Path: <bounce-abc@gateway.police.gi>\r\n", false),
             ("Precedence: bulk\r\n", true),
             ("Precedence: first-class\r\n", false),
             ("List-Id: <x.example>\r\n", true),

@@ -634,12 +634,33 @@ fn automatic_messages_get_no_reply() {
         true,
         "dkim",
     ));
+    // Comments are not part of the keyword (RFC 3834 §5, RFC 5322 CFWS).
+    cases.push(case(
+        "auto_submitted_no_with_comment",
+        from_police_server(&with_header(&base, "Auto-Submitted", "no (personal)")),
+        "acknowledge",
+        true,
+        "dkim",
+    ));
+    // An agency gateway's VERP envelope sender is not an automatic message.
+    cases.push(case(
+        "gateway_bounce_envelope",
+        delivered(
+            &base,
+            "mail.police.gi",
+            POLICE_IP,
+            "<bounces+officer=police.gi@gateway.police.gi>",
+        ),
+        "acknowledge",
+        true,
+        "dkim",
+    ));
     let reports = check(&install, cases);
     let suppressed = reports
         .iter()
         .filter(|r| r["reply_suppressed"].is_string())
         .count();
-    assert_eq!(suppressed, reports.len() - 1);
+    assert_eq!(suppressed, reports.len() - 3);
 }
 
 #[test]
