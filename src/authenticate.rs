@@ -491,7 +491,7 @@ impl Authenticator {
             Err(e) => {
                 return refused(
                     AuthResult::TempError,
-                    format!("DNS timeout or failure fetching the key ({e})"),
+                    format!("DNS lookup of the key failed ({e})"),
                     None,
                 );
             }

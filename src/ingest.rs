@@ -82,15 +82,29 @@ struct Pending {
     task: JoinHandle<anyhow::Result<Prepared>>,
 }
 
+/// How an `ingest` run ended, for its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// Every message filed (or recognised as filed before): exit 0.
+    Filed,
+    /// Every message filed but some deferred, their bytes not kept:
+    /// exit 75 (EX_TEMPFAIL), so an MTA delivering through a pipe keeps
+    /// the message and tries again; the deferral is counted, so the tries
+    /// end in quarantine after `limits.defer_max_tries`.
+    Deferred,
+    /// A file could not be read or filed: exit 1 (reported on stderr).
+    Failed,
+}
+
 /// Files every message and prints one line (or one JSON array) for them.
 /// A file that cannot be read or filed is reported on stderr and makes the
-/// result `false` (exit 1), after the others.
+/// result [`Ingested::Failed`], after the others.
 pub async fn run(
     config: &Config,
     clock: Clock,
     files: Vec<PathBuf>,
     json: bool,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Ingested> {
     let judge = Judge::new(config)?;
     let triage = Arc::new(Triage::new(&config.triage.account_patterns));
     let filer = Arc::new(Filer::new(config));
@@ -102,6 +116,7 @@ pub async fn run(
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut held: u64 = 0;
     let mut all_ok = true;
+    let mut deferred = false;
     let mut lines = Vec::new();
     let mut stdout = std::io::stdout().lock();
 
@@ -172,6 +187,7 @@ pub async fn run(
             match outcome {
                 Ok(outcome) => {
                     crate::pipeline::log_outcome(None, &outcome, None);
+                    deferred |= matches!(outcome.filing, Filing::Deferred);
                     let line = Line {
                         file: name,
                         new: matches!(outcome.filing, Filing::New),
@@ -197,5 +213,9 @@ pub async fn run(
         writeln!(stdout)?;
     }
     stdout.flush()?;
-    Ok(all_ok)
+    Ok(match (all_ok, deferred) {
+        (false, _) => Ingested::Failed,
+        (true, true) => Ingested::Deferred,
+        (true, false) => Ingested::Filed,
+    })
 }

@@ -1,6 +1,6 @@
 //! The `legal-intake` binary: argument parsing, logging set-up and the
 //! mapping of errors to exit codes (0 success, 1 runtime failure, 2 bad
-//! usage or configuration). Everything else lives in the library.
+//! usage or configuration, 75 `ingest` deferred a message). Everything else lives in the library.
 
 use std::process::ExitCode;
 
@@ -9,7 +9,27 @@ use legal_intake::cases::{self, Changes, UsageError};
 use legal_intake::cli::{AuditCommand, CasesCommand, Cli, Command};
 use legal_intake::clock::{self, Clock};
 use legal_intake::config::{self, Config};
+use legal_intake::ingest::Ingested;
 use legal_intake::judge::Judge;
+
+/// sysexits.h: a temporary failure; the caller (an MTA) should try again.
+const EX_TEMPFAIL: u8 = 75;
+
+/// How a command that ran ended.
+enum Exit {
+    /// Exit 0.
+    Success,
+    /// A handled failure, already reported: exit 1.
+    Failed,
+    /// Try again later (`ingest` with a deferred message): exit 75.
+    TempFail,
+}
+
+impl From<bool> for Exit {
+    fn from(ok: bool) -> Exit {
+        if ok { Exit::Success } else { Exit::Failed }
+    }
+}
 
 /// A failure and the exit code it maps to.
 enum Failure {
@@ -34,8 +54,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     legal_intake::logging::init(cli.log_format);
     match run(cli) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(1),
+        Ok(Exit::Success) => ExitCode::SUCCESS,
+        Ok(Exit::Failed) => ExitCode::from(1),
+        Ok(Exit::TempFail) => ExitCode::from(EX_TEMPFAIL),
         Err(Failure::Config(e)) => {
             eprintln!("legal-intake: configuration error: {e}");
             ExitCode::from(2)
@@ -83,31 +104,35 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// Runs the command; `Ok(false)` is a handled failure (exit 1).
-fn run(cli: Cli) -> Result<bool, Failure> {
+/// Runs the command.
+fn run(cli: Cli) -> Result<Exit, Failure> {
     match cli.command {
         Command::CheckConfig { connect } => {
             let config = load(&cli.config)?;
             check_replies(&config)?;
             println!("{}", config.summary());
             if !connect {
-                return Ok(true);
+                return Ok(Exit::Success);
             }
             let rt = runtime()?;
             let mut out = std::io::stdout().lock();
-            Ok(rt.block_on(legal_intake::check::connect(&config, &mut out))?)
+            Ok(rt
+                .block_on(legal_intake::check::connect(&config, &mut out))?
+                .into())
         }
         Command::Run { once } => {
             let config = load(&cli.config)?;
             check_replies(&config)?;
             let clock = clock()?;
             let rt = runtime()?;
-            Ok(rt.block_on(legal_intake::daemon::run(
-                cli.config.clone(),
-                config,
-                clock,
-                once,
-            ))?)
+            Ok(rt
+                .block_on(legal_intake::daemon::run(
+                    cli.config.clone(),
+                    config,
+                    clock,
+                    once,
+                ))?
+                .into())
         }
         Command::Verify { json, files } => {
             let config = load(&cli.config)?;
@@ -116,13 +141,19 @@ fn run(cli: Cli) -> Result<bool, Failure> {
                 let judge = Judge::new(&config)?;
                 legal_intake::verify::run(judge, files, json).await
             })?;
-            Ok(ok)
+            Ok(ok.into())
         }
         Command::Ingest { json, files } => {
             let config = load(&cli.config)?;
             let clock = clock()?;
             let rt = runtime()?;
-            Ok(rt.block_on(legal_intake::ingest::run(&config, clock, files, json))?)
+            Ok(
+                match rt.block_on(legal_intake::ingest::run(&config, clock, files, json))? {
+                    Ingested::Filed => Exit::Success,
+                    Ingested::Deferred => Exit::TempFail,
+                    Ingested::Failed => Exit::Failed,
+                },
+            )
         }
         Command::Cases { command } => {
             let config = load(&cli.config)?;
@@ -188,7 +219,7 @@ fn run(cli: Cli) -> Result<bool, Failure> {
                     );
                 }
             }
-            Ok(true)
+            Ok(Exit::Success)
         }
         Command::Audit {
             command: AuditCommand::Verify { head },
@@ -199,7 +230,7 @@ fn run(cli: Cli) -> Result<bool, Failure> {
             for line in report.lines() {
                 println!("{line}");
             }
-            Ok(report.intact())
+            Ok(report.intact().into())
         }
     }
 }
