@@ -135,6 +135,9 @@ pub struct Outcome {
     pub reason: String,
     /// The From address as the message gave it, when well formed.
     pub from: Option<String>,
+    /// The message's own Message-ID, so that a message without a usable
+    /// From can still be found from its log line.
+    pub msgid: Option<String>,
     /// How many times these bytes have now been deferred.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deferrals: Option<u32>,
@@ -259,6 +262,7 @@ impl Filer {
                 reply: None,
                 reason: format!("already filed as message {}", f.message_id),
                 from: sender.map(str::to_string),
+                msgid: inbound.message_id.clone(),
                 deferrals: None,
             });
         }
@@ -284,6 +288,7 @@ impl Filer {
                 reply: None,
                 reason: provisional.reason,
                 from: sender.map(str::to_string),
+                msgid: inbound.message_id.clone(),
                 deferrals: Some(tries),
             });
         }
@@ -505,6 +510,7 @@ impl Filer {
             reply: queued,
             reason: verdict.reason,
             from: sender.map(str::to_string),
+            msgid: inbound.message_id.clone(),
             deferrals: None,
         })
     }
@@ -676,6 +682,7 @@ pub fn log_outcome(uid: Option<u32>, o: &Outcome, ms: Option<f64>) {
         decision = %o.decision,
         reply = %o.reply.map_or("none", |k| k.as_str()),
         filing = %o.filing.as_str(),
+        msgid = %o.msgid.as_deref().unwrap_or("-"),
         ms = %ms.map_or_else(|| "-".to_string(), |m| format!("{m:.0}")),
         reason = ?o.reason,
         "message"

@@ -354,6 +354,33 @@ fn the_evidence_keeps_the_txt_record_that_is_the_key() {
 }
 
 #[test]
+fn the_log_line_names_the_message_id_of_a_message_without_a_from() {
+    let log = Log::new();
+    let mut raw = forged("No author");
+    // Drop the From header: the Message-ID is what finds it again.
+    let text = String::from_utf8(raw).unwrap();
+    raw = text
+        .split_inclusive("\r\n")
+        .filter(|l| !l.starts_with("From:"))
+        .collect::<String>()
+        .into_bytes();
+    let id = message_id(&raw);
+    let file = log.write(&raw);
+    let out = log
+        .command(None, &["ingest", file.to_str().unwrap()])
+        .env("LEGAL_INTAKE_LOG", "info")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("decision=quarantine"))
+        .unwrap_or_else(|| panic!("no log line: {stderr}"));
+    assert!(line.contains("from=-"), "{line}");
+    assert!(line.contains(&format!("msgid={id}")), "{line}");
+}
+
+#[test]
 fn the_same_bytes_are_filed_once() {
     let log = Log::new();
     let raw = police("Preservation request");
