@@ -38,23 +38,45 @@ pub enum Refused {
     NothingToResend(Reference),
 }
 
-/// Who is running the command: `$USER`, else what `id -un` says, else
-/// `unknown`. Recorded on every change, never trusted for anything else.
+/// Who is running the command, as recorded on every change: the name of
+/// the process's real user ID (from the password database, not `$USER`,
+/// which anyone can set), and, when it runs through sudo, the account that
+/// invoked sudo, recorded as such: `root (sudo from alice)`. Never trusted
+/// for anything else.
 pub fn operator() -> String {
     let clean = |s: &str| crate::message::clean(s.trim(), 64);
-    if let Ok(user) = std::env::var("USER")
-        && !user.trim().is_empty()
-    {
-        return clean(&user);
+    // SAFETY: getuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::getuid() };
+    let name = user_name(uid).map_or_else(|| format!("uid {uid}"), |n| clean(&n));
+    match std::env::var("SUDO_USER") {
+        Ok(by) if !by.trim().is_empty() => format!("{name} (sudo from {})", clean(&by)),
+        _ => name,
     }
-    std::process::Command::new("id")
-        .arg("-un")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| clean(&String::from_utf8_lossy(&o.stdout)))
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The login name of `uid` in the password database (NSS included).
+fn user_name(uid: libc::uid_t) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: an all-zero passwd is a valid value to be overwritten.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call, `buf` for its
+        // length; on success `result` points at `pwd`, whose strings live
+        // in `buf`.
+        let rc =
+            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: pw_name is a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
+        return Some(name.to_string_lossy().into_owned()).filter(|n| !n.is_empty());
+    }
 }
 
 /// A date setting on the command line: a date (`2026-12-01`) or RFC 3339

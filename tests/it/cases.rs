@@ -55,7 +55,10 @@ impl Log {
         cmd.arg("--config")
             .arg(&self.install.config)
             .args(args)
-            .env("USER", "alice")
+            // `$USER` is anyone's to set: the actor comes from the real
+            // user ID, with the sudo caller recorded beside it.
+            .env("USER", "mallory")
+            .env("SUDO_USER", "alice")
             .env("LEGAL_INTAKE_LOG", "warn")
             .env("LEGAL_INTAKE_NOW", now.unwrap_or(NOW))
             .stdin(Stdio::null())
@@ -176,6 +179,15 @@ impl Log {
 }
 
 /// stdout and stderr together, for assertions and failure messages.
+/// The actor every change of these tests records: the test process's
+/// real user (as `id -un` names it), run "through sudo" by alice.
+fn operator() -> String {
+    let id = Command::new("id").arg("-un").output().expect("id -un");
+    let me = String::from_utf8_lossy(&id.stdout).trim().to_string();
+    assert!(!me.is_empty() && me != "mallory");
+    format!("{me} (sudo from alice)")
+}
+
 fn text(out: &Output) -> String {
     format!(
         "status {}\nstdout:\n{}\nstderr:\n{}",
@@ -890,7 +902,7 @@ fn every_status_transition_allowed_and_refused() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(actor, "alice");
+    assert_eq!(actor, operator());
     let data: Value = serde_json::from_str(&data).unwrap();
     assert_eq!(
         data,
@@ -976,8 +988,9 @@ fn case_fields_are_set_with_an_event_each() {
         .map(|e| (s(&e["actor"]), s(&e["data"]["field"]), &e["data"]["to"]))
         .collect();
     assert_eq!(changes.len(), 6, "{changes:?}");
-    assert!(changes.iter().all(|(actor, _, _)| *actor == "alice"));
-    assert!(changes.contains(&("alice", "hard_copy_served", &Value::from("2026-11-05"))));
+    let me = operator();
+    assert!(changes.iter().all(|(actor, _, _)| *actor == me));
+    assert!(changes.contains(&(me.as_str(), "hard_copy_served", &Value::from("2026-11-05"))));
     assert!(
         shown["events"]
             .as_array()
@@ -1010,10 +1023,10 @@ fn case_fields_are_set_with_an_event_each() {
             .success()
     );
     assert_eq!(log.count("SELECT count(*) FROM events"), before + 1);
-    // The actor falls back to `id -un` without $USER.
+    // Without sudo the actor is the real user alone, whatever $USER says.
     let out = log
         .command(None, &["cases", "set", id, "--deadline", "2026-12-24"])
-        .env_remove("USER")
+        .env_remove("SUDO_USER")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -1028,6 +1041,7 @@ fn case_fields_are_set_with_an_event_each() {
         )
         .unwrap();
     assert_eq!(actor, expected.trim());
+    assert_ne!(actor, "mallory");
 
     // Bad usage exits 2 and changes nothing.
     let before = log.count("SELECT count(*) FROM events");
@@ -1496,7 +1510,7 @@ fn export_writes_the_bundle_byte_for_byte_and_never_overwrites() {
         assert!(listed.contains(f), "{f} missing from {listed:?}");
     }
     assert_eq!(manifest["case"], "LR-2026-0001");
-    assert_eq!(manifest["exported_by"], "alice");
+    assert_eq!(manifest["exported_by"], operator());
     let verdicts: Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("verdicts.json")).unwrap()).unwrap();
     assert_eq!(verdicts[0]["verdict"]["decision"], "acknowledge");
