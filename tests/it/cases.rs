@@ -58,7 +58,7 @@ impl Log {
             // `$USER` is anyone's to set: the actor comes from the real
             // user ID, with the sudo caller recorded beside it.
             .env("USER", "mallory")
-            .env("SUDO_USER", "alice")
+            .env("SUDO_USER", SUDO_CALLER)
             .env("LEGAL_INTAKE_LOG", "warn")
             .env("LEGAL_INTAKE_NOW", now.unwrap_or(NOW))
             .stdin(Stdio::null())
@@ -181,13 +181,6 @@ impl Log {
 /// stdout and stderr together, for assertions and failure messages.
 /// The actor every change of these tests records: the test process's
 /// real user (as `id -un` names it), run "through sudo" by alice.
-fn operator() -> String {
-    let id = Command::new("id").arg("-un").output().expect("id -un");
-    let me = String::from_utf8_lossy(&id.stdout).trim().to_string();
-    assert!(!me.is_empty() && me != "mallory");
-    format!("{me} (sudo from alice)")
-}
-
 fn text(out: &Output) -> String {
     format!(
         "status {}\nstdout:\n{}\nstderr:\n{}",

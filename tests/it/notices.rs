@@ -59,7 +59,9 @@ impl Rig {
     fn command(&self, args: &[&str], now: Option<&str>, tz: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_legal-intake"));
         cmd.arg("--config").arg(&self.install.config).args(args);
-        cmd.env("USER", "tester").env("TZ", tz);
+        cmd.env("USER", "mallory")
+            .env("SUDO_USER", SUDO_CALLER)
+            .env("TZ", tz);
         match now {
             Some(t) => cmd.env("LEGAL_INTAKE_NOW", t),
             None => cmd.env_remove("LEGAL_INTAKE_NOW"),
@@ -106,8 +108,18 @@ impl Rig {
             .collect();
         let mut args = vec!["ingest", "--json"];
         args.extend(files.iter().map(String::as_str));
-        let out = self.ok(&args, now);
-        serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap()
+        let out = self.run(&args, Some(now), "UTC");
+        let filed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        // EX_TEMPFAIL (75) exactly when a message was deferred, so an MTA retries it.
+        let deferred = filed.iter().any(|m| m["decision"] == "defer");
+        let expected = if deferred { Some(75) } else { Some(0) };
+        assert_eq!(
+            out.status.code(),
+            expected,
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        filed
     }
 
     fn db(&self) -> Connection {

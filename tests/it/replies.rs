@@ -193,7 +193,7 @@ impl Rig {
 fn command(install: &Install, args: &[&str], now: Option<&str>) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_legal-intake"));
     cmd.arg("--config").arg(&install.config).args(args);
-    cmd.env("USER", "tester");
+    cmd.env("USER", "mallory").env("SUDO_USER", SUDO_CALLER);
     match now {
         Some(t) => cmd.env("LEGAL_INTAKE_NOW", t),
         None => cmd.env_remove("LEGAL_INTAKE_NOW"),
@@ -678,7 +678,11 @@ fn a_reply_not_accepted_for_5_days_fails_and_a_person_can_send_it_again() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("failed → pending (by tester)"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("failed → pending (by {})", operator())),
+        "{said}"
+    );
     let sink = Sink::start_on(port);
     rig.once(Some("2026-11-09T08:00:00Z"));
     assert_eq!(sink.wait_for(1, Duration::from_secs(10)).len(), 1);
@@ -736,7 +740,7 @@ fn a_connection_dropped_after_the_content_leaves_the_reply_unknown_until_a_perso
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(resend.0, "tester", "the event names who decided");
+    assert_eq!(resend.0, operator(), "the event names who decided");
     assert!(resend.1.contains("\"from\":\"unknown\""), "{}", resend.1);
     let sink = Sink::start();
     rig.set_smtp(&smtp(sink.port, ""));

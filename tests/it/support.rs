@@ -327,3 +327,18 @@ pub fn free_port() -> u16 {
         .expect("bind a free port")
         .port()
 }
+
+/// The caller a test's commands claim to have come through sudo from.
+pub const SUDO_CALLER: &str = "alice";
+
+/// The audit actor of a command run by this test process with `USER=mallory`
+/// and `SUDO_USER=alice`: the real uid's name, the sudo caller named as such.
+pub fn operator() -> String {
+    let id = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("id -un");
+    let me = String::from_utf8_lossy(&id.stdout).trim().to_string();
+    assert!(!me.is_empty() && me != "mallory");
+    format!("{me} (sudo from {SUDO_CALLER})")
+}
