@@ -617,16 +617,24 @@ impl Authenticator {
 
     /// The first `Received` line that the policy accepts as evidence: added
     /// by a trusted MX, over SMTP, from a client outside the internal
-    /// networks. Lines below it were written by the sender's side and are
-    /// not looked at.
+    /// networks; or the first line of a trusted MX that cannot be read
+    /// strictly (see `received`), which then gives no evidence. Lines below
+    /// it were written by the sender's side and are not looked at.
     pub fn trusted_hop<'a>(&self, hops: &'a [Hop]) -> Option<&'a Hop> {
         hops.iter().find(|h| {
-            h.by.as_ref()
-                .is_some_and(|by| self.inner.trusted_mx.contains(by))
-                && h.is_smtp()
-                && !h
-                    .ip
-                    .is_some_and(|ip| self.inner.internal_networks.iter().any(|n| n.contains(&ip)))
+            h.is_by(&self.inner.trusted_mx)
+                // The hand-off to the mailbox server is passed over: it was
+                // written above the MX's own line, by the host itself.
+                && !h.is_lmtp()
+                // Any other line of the trusted MX that cannot be read is
+                // where the search stops: passing over it would hand the
+                // choice to the lines below, which the sender may have
+                // written.
+                && (h.problem.is_some()
+                    || (h.is_smtp()
+                        && !h.ip.is_some_and(|ip| {
+                            self.inner.internal_networks.iter().any(|n| n.contains(&ip))
+                        })))
         })
     }
 
@@ -641,6 +649,12 @@ impl Authenticator {
         };
         let mut check = SpfCheck::none("");
         check.received = Some(hop.raw.clone());
+        if let Some(problem) = &hop.problem {
+            check.reason = Some(format!(
+                "the trusted Received line cannot be read as evidence: {problem}"
+            ));
+            return check;
+        }
         check.helo = hop.helo.clone();
         check.ip = hop.ip;
         let Some(ip) = hop.ip else {

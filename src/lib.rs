@@ -13,6 +13,7 @@
 //! - [`config`]: the TOML file, validated once into a `Config`.
 //! - [`domain`]: domain names as the policy compares them.
 //! - [`message`]: raw bytes → `Inbound`, the facts the decision needs.
+//! - [`received`]: one `Received` line read strictly: the trusted hop's HELO and client address, pure.
 //! - [`authenticate`]: DKIM and SPF through mail-auth → `Evidence`.
 //! - [`decide`]: the decision table of SPEC.md, a pure function.
 //! - [`judge`]: the three above in order, shared by every command.
@@ -58,6 +59,7 @@ pub mod metrics;
 pub mod notice;
 pub mod outbox;
 pub mod pipeline;
+pub mod received;
 pub mod reply;
 pub mod smtp;
 pub mod store;

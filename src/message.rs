@@ -7,9 +7,7 @@
 //! 40 MB attachment) costs nothing here; the DKIM body hash is mail-auth's
 //! linear pass over the bytes.
 
-use std::net::IpAddr;
-
-use mail_parser::{Address, HeaderName, HeaderValue, Host, MessageParser};
+use mail_parser::{Address, HeaderName, HeaderValue, MessageParser};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -79,41 +77,7 @@ pub enum ReturnPath {
     Address(String),
 }
 
-/// One `Received` line, as mail-parser reads it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Hop {
-    /// The whole line, unfolded, sanitised: kept as evidence.
-    pub raw: String,
-    /// The `by` host name, normalised.
-    pub by: Option<DomainName>,
-    /// The name the client gave in HELO/EHLO (the `from` clause).
-    pub helo: Option<String>,
-    /// The client address literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`).
-    pub ip: Option<IpAddr>,
-    /// The `with` protocol, uppercase (`ESMTPS`, `LMTP`, ...).
-    pub with: Option<String>,
-}
-
-impl Hop {
-    /// SMTP-family transfer (RFC 3848 and RFC 6531 keywords), as opposed
-    /// to LMTP or local delivery, which only move mail within the host.
-    pub fn is_smtp(&self) -> bool {
-        matches!(
-            self.with.as_deref(),
-            Some(
-                "SMTP"
-                    | "ESMTP"
-                    | "ESMTPA"
-                    | "ESMTPS"
-                    | "ESMTPSA"
-                    | "UTF8SMTP"
-                    | "UTF8SMTPA"
-                    | "UTF8SMTPS"
-                    | "UTF8SMTPSA"
-            )
-        )
-    }
-}
+pub use crate::received::Hop;
 
 /// A reason a message cannot be judged on its merits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
@@ -207,7 +171,7 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
             HeaderName::ReturnPath if inbound.return_path.is_none() => {
                 inbound.return_path = Some(parse_return_path(&raw_value));
             }
-            HeaderName::Received => inbound.received.push(hop(&h.value, &raw_value)),
+            HeaderName::Received => inbound.received.push(crate::received::parse(&raw_value)),
             HeaderName::InReplyTo | HeaderName::References => {
                 for id in ids(&h.value) {
                     if inbound.thread_ids.len() < 100 && !inbound.thread_ids.contains(&id) {
@@ -337,33 +301,6 @@ fn parse_return_path(raw: &str) -> ReturnPath {
     } else {
         ReturnPath::Address(clean(inner, 320))
     }
-}
-
-fn hop(value: &HeaderValue, raw: &str) -> Hop {
-    let mut hop = Hop {
-        raw: clean(raw, 2000),
-        by: None,
-        helo: None,
-        ip: None,
-        with: None,
-    };
-    if let HeaderValue::Received(r) = value {
-        hop.by = match &r.by {
-            Some(Host::Name(n)) => normalize_domain(n),
-            _ => None,
-        };
-        hop.helo = match &r.from {
-            Some(Host::Name(n)) => Some(clean(n, 255)),
-            Some(Host::IpAddr(ip)) => Some(format!("[{ip}]")),
-            None => None,
-        };
-        hop.ip = r.from_ip.or(match &r.from {
-            Some(Host::IpAddr(ip)) => Some(*ip),
-            _ => None,
-        });
-        hop.with = r.with.map(|p| format!("{p:?}").to_ascii_uppercase());
-    }
-    hop
 }
 
 fn ids(value: &HeaderValue) -> Vec<String> {

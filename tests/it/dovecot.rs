@@ -51,6 +51,8 @@ pub struct Dovecot {
     pub port: u16,
     /// The implicit-TLS (IMAPS) port, when started with TLS.
     pub tls_port: Option<u16>,
+    /// The LMTP port, when started with LMTP: what an MTA delivers to.
+    pub lmtp_port: Option<u16>,
     /// The PEM certificate of the CA that signed the server certificate.
     ca: Option<PathBuf>,
     /// The token-info endpoint, when started with OAuth 2.
@@ -65,6 +67,8 @@ enum Flavour {
     Plain,
     Tls,
     OAuth2,
+    /// Plain IMAP and an LMTP listener, as the mailbox server behind an MX.
+    Lmtp,
 }
 
 impl Dovecot {
@@ -85,6 +89,13 @@ impl Dovecot {
     /// [`Dovecot::accept_token`].
     pub fn start_oauth2() -> Dovecot {
         Self::launch(Flavour::OAuth2)
+    }
+
+    /// Plain IMAP plus LMTP on [`Dovecot::lmtp_port`], delivering into
+    /// the test user's INBOX with Dovecot's own `Received` line, as behind
+    /// a real MX.
+    pub fn start_lmtp() -> Dovecot {
+        Self::launch(Flavour::Lmtp)
     }
 
     fn launch(flavour: Flavour) -> Dovecot {
@@ -149,12 +160,14 @@ impl Dovecot {
         for attempt in 0..5 {
             let port = free_port();
             let tls_port = (flavour == Flavour::Tls).then(free_port);
+            let lmtp_port = (flavour == Flavour::Lmtp).then(free_port);
             let conf = root.join("dovecot.conf");
-            fs::write(
-                &conf,
-                dovecot_conf(&root, &users, flavour, port, tls_port, attempt),
-            )
-            .unwrap();
+            let ports = Ports {
+                imap: port,
+                tls: tls_port,
+                lmtp: lmtp_port,
+            };
+            fs::write(&conf, dovecot_conf(&root, &users, flavour, ports, attempt)).unwrap();
             // A fresh log per attempt, so that the failure reported is this
             // attempt's.
             let _ = fs::remove_file(root.join("log/dovecot.log"));
@@ -168,13 +181,14 @@ impl Dovecot {
                 .stderr(stderr)
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-            match wait_ready(&mut child, port, tls_port) {
+            match wait_ready(&mut child, port, tls_port.or(lmtp_port)) {
                 Ok(()) => {
                     return Dovecot {
                         dir,
                         child,
                         port,
                         tls_port,
+                        lmtp_port,
                         ca,
                         oauth,
                         account: Account {
@@ -308,7 +322,8 @@ impl Drop for Dovecot {
     }
 }
 
-/// Waits until the plain port greets and the TLS port (if any) accepts.
+/// Waits until the plain port greets and the other port (TLS or LMTP, if
+/// any) accepts.
 fn wait_ready(child: &mut Child, port: u16, tls_port: Option<u16>) -> Result<(), String> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
@@ -450,15 +465,23 @@ fn greets(port: u16) -> bool {
     BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with("* OK")
 }
 
+/// The listeners of one instance.
+#[derive(Clone, Copy)]
+struct Ports {
+    imap: u16,
+    tls: Option<u16>,
+    lmtp: Option<u16>,
+}
+
 /// The whole configuration; nothing is read from /etc/dovecot.
 fn dovecot_conf(
     root: &Path,
     users: &Users,
     flavour: Flavour,
-    port: u16,
-    tls_port: Option<u16>,
+    ports: Ports,
     attempt: u32,
 ) -> String {
+    let (port, tls_port) = (ports.imap, ports.tls);
     static INSTANCE: AtomicUsize = AtomicUsize::new(0);
     let instance = format!(
         "legal-intake-test-{}-{}-{attempt}",
@@ -488,6 +511,15 @@ fn dovecot_conf(
         ),
         _ => ("plain login", String::new(), ""),
     };
+    let (protocols, lmtp) = match ports.lmtp {
+        Some(p) => (
+            "imap lmtp",
+            format!(
+                "service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n    port = {p}\n  }}\n}}\npostmaster_address = postmaster@ivpn.net\n"
+            ),
+        ),
+        None => ("imap", String::new()),
+    };
     let user = &users.mail_user;
     format!(
         r#"# legal-intake test instance (generated)
@@ -497,7 +529,7 @@ instance_name = {instance}
 log_path = {r}/log/dovecot.log
 info_log_path = {r}/log/dovecot.log
 listen = 127.0.0.1
-protocols = imap
+protocols = {protocols}
 {ssl}disable_plaintext_auth = no
 auth_mechanisms = {mechanisms}
 # The default 2 s pause after a failed login only slows the tests down.
@@ -525,7 +557,7 @@ service imap-login {{
 protocol imap {{
   mail_max_userip_connections = 1000
 }}
-"#,
+{lmtp}"#,
         login = users.login_user,
         group = users.mail_group,
         uid = users.mail_uid,

@@ -60,6 +60,8 @@ pub fn world() -> &'static World {
             )
             .txt("_dmarc.police.gi", "v=DMARC1; p=reject")
             .txt("soft.police.gi", &format!("v=spf1 ip4:{POLICE_IP} ~all"))
+            // The police relay the MTA tests connect from.
+            .txt("relay.police.gi", "v=spf1 ip4:127.0.0.1 -all")
             .a("mail.police.gi", POLICE_IP.parse().unwrap())
             .timeout("slow._domainkey.police.gi")
             .timeout("_dmarc.cid.police.gi")
