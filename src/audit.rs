@@ -49,6 +49,7 @@ pub mod kind {
     pub const REPLY_FAILED: &str = "reply_failed";
     pub const REPLY_UNKNOWN: &str = "reply_unknown";
     pub const REPLY_RESEND: &str = "reply_resend";
+    pub const REPLY_RESEND_AUTO: &str = "reply_resend_auto";
     pub const STATUS_CHANGED: &str = "status_changed";
     pub const FIELD_CHANGED: &str = "field_changed";
     pub const NOTE: &str = "note";

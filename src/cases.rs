@@ -535,7 +535,7 @@ fn outgoing(out: &mut dyn Write, c: &Case, r: &ReplyRow) -> anyhow::Result<()> {
         )?,
         "sending" => writeln!(
             out,
-            "     being sent since {} (if no process is sending it, it becomes unknown)",
+            "     being sent since {} (if the process sending it stopped, it is tried again)",
             opt(&r.last_attempt_at)
         )?,
         "unknown" => writeln!(
@@ -551,6 +551,19 @@ fn outgoing(out: &mut dyn Write, c: &Case, r: &ReplyRow) -> anyhow::Result<()> {
             c.reference
         )?,
         _ => {}
+    }
+    if r.auto_resends > 0 {
+        writeln!(
+            out,
+            "     re-sent automatically {} time(s), the same message with the same Message-ID: an earlier delivery was interrupted after its content went out",
+            r.auto_resends
+        )?;
+    }
+    if let Some(size) = r.sent_bytes {
+        writeln!(
+            out,
+            "     the {size} bytes handed to the server are kept (cases export)"
+        )?;
     }
     Ok(())
 }

@@ -3,8 +3,10 @@
 //! The folder gets the raw messages byte for byte (`msg1.eml`, ...), their
 //! attachments decoded under names made here (`msg1-att2.pdf`: the
 //! message's own file name is kept only as data, never as a path, and only
-//! a short alphanumeric extension survives from it), the case with its
-//! replies, the verdicts with their evidence and triage findings, the
+//! a short alphanumeric extension survives from it), every reply and notice
+//! exactly as it was handed to the mail server (`out1-acknowledgement.eml`,
+//! ...: what the recipient got, whatever the templates say today), the case
+//! with its replies, the verdicts with their evidence and triage findings, the
 //! case's audit events with their hashes, and `manifest.json` listing every
 //! other file with its SHA-256. An export never overwrites: the folder must
 //! not exist or be empty. The export itself is an audit event carrying the
@@ -81,6 +83,22 @@ pub fn export(
     let head = store.head()?;
     let mut files = Vec::new();
     write_messages(out, &d, &mut files)?;
+
+    for (n, r) in d.replies.iter().enumerate() {
+        let Some(bytes) = store.read().sent_bytes(r.id)? else {
+            continue;
+        };
+        write(
+            out,
+            &format!("out{}-{}.eml", n + 1, r.kind),
+            &bytes,
+            &format!(
+                "the {} to {} exactly as handed to the mail server (Message-ID {}, status {})",
+                r.kind, r.recipient, r.msgid, r.status
+            ),
+            &mut files,
+        )?;
+    }
 
     let case_json = serde_json::to_vec_pretty(&json!({ "case": d.case, "replies": d.replies }))?;
     write(

@@ -59,6 +59,7 @@ pub mod metrics;
 pub mod notice;
 pub mod outbox;
 pub mod pipeline;
+pub mod process;
 pub mod received;
 pub mod reply;
 pub mod smtp;

@@ -17,21 +17,31 @@
 //! |---|---|---|---|
 //! | (filed) | `pending` | `reply_queued`, `notice_queued` | the filing transaction queued it |
 //! | (the digest hour) | `pending` | `digest_queued` | [`queue_digest_if_due`] queued the day's digest |
-//! | `pending` | `sending` | `reply_sending` | an attempt starts; committed before any byte goes out |
+//! | `pending` | `sending` | `reply_sending` | an attempt starts; committed before any byte goes out, naming the process |
 //! | `sending` | `sent` | `reply_sent` | the server's final reply was positive |
-//! | `sending` | `pending` | `reply_retry` | not accepted (server down, 4xx, TLS, AUTH): next try after 1, 2, 4 … minutes, at most an hour apart |
+//! | `sending` | `pending` | `reply_retry` | not accepted (server down, 4xx, TLS, AUTH): next try after 1, 2, 4 … minutes, at most an hour apart; or the process died before any content went out: due at once |
+//! | `sending` | `pending` | `reply_resend_auto` | the content went out and no final reply came (a dropped connection, a killed process): the same bytes are sent again, at most [`MAX_AUTO_RESENDS`] times |
 //! | `sending` | `failed` | `reply_failed` | refused for good (5xx for this message), or still not accepted 5 days after it was queued |
-//! | `sending` | `unknown` | `reply_unknown` | the content went out and no final reply came; or a `sending` row was left behind by a process that died |
+//! | `sending` | `unknown` | `reply_unknown` | as for `reply_resend_auto`, with the automatic re-sends used up |
 //! | `unknown`, `failed` | `pending` | `reply_resend` | a person ran `cases resend` |
 //!
-//! Nothing sends a reply twice by itself: a row is claimed in a write
-//! transaction that only succeeds while it is `pending`, and an outcome
-//! that cannot be known is `unknown` until a person decides (at most one
-//! duplicate, and only by someone's choice, is better than a silent loss).
-//! A `sending` row is left alone while the attempt that claimed it could
-//! still be running ([`SENDING_LEASE`]), so two processes draining the same
-//! log (the daemon and a `run --once`) never judge each other's sends.
-//!
+//! Nothing is lost and nothing is sent twice without cause. A row is
+//! claimed in a write transaction that only succeeds while it is
+//! `pending`. Just before the content goes to the server (after `DATA`),
+//! the exact bytes and the moment are committed (`content_started_at`): a
+//! process killed before that certainly delivered nothing, and its row is
+//! simply due again; one killed after it may have delivered, and the same
+//! bytes (same Message-ID, Date and DKIM signature) are sent again, so an
+//! agency's mail system sees one message twice at most and can tell the
+//! copy by its Message-ID, rather than never hearing from us. The case
+//! shows each automatic re-send. A `sending` row whose process is gone
+//! (pid and start time, see `process`) is settled at once; where that
+//! cannot be told it is left alone for [`SENDING_LEASE`], so two processes
+//! draining the same log (the daemon and a `run --once`) never judge each
+//! other's sends. The bytes stay with the row: what a recipient was sent
+//! can be shown, and is exported with the case, whatever the templates
+//! say today.
+
 //! Sending never holds up filing: the daemon drains on a task of its own
 //! with its own connection to the case log, and a send has a time limit.
 //!
@@ -59,6 +69,7 @@ use crate::clock::{Clock, parse_instant, stamp};
 use crate::config::{Config, ConfigError, DkimSigning};
 use crate::metrics::{Metrics, SendOutcome};
 use crate::notice::{self, DigestFacts, Envelope, NoticeFacts};
+use crate::process;
 use crate::reply::{self, Reply, Templates};
 use crate::smtp::{self, Delivery};
 use crate::store::{AttemptEnd, NewDigest, ReplyRow, Store};
@@ -68,13 +79,20 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A `sending` row whose attempt started longer ago than this belongs to
 /// no live process (an attempt ends within [`SEND_TIMEOUT`] and a few
-/// seconds of bookkeeping), so it is settled as `unknown`.
+/// seconds of bookkeeping), so it is settled (see [`recover`]) even when
+/// whether its process still runs cannot be told.
 pub const SENDING_LEASE: Duration = Duration::from_secs(300);
 
 /// The first retry waits this long; each further one twice as long as the
 /// one before, up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_secs(60);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+/// An attempt whose outcome cannot be known (the content went out, then
+/// the connection or the process died) is sent again by itself, with the
+/// same bytes, this many times; after that it waits for a person as
+/// `unknown`.
+pub const MAX_AUTO_RESENDS: i64 = 3;
 
 /// A reply not accepted this long after it was queued (or re-queued by a
 /// person) is given up on.
@@ -284,6 +302,10 @@ struct Job {
     /// Message-IDs from the request's `In-Reply-To`/`References` (replies
     /// only).
     thread: Vec<String>,
+    /// The bytes an earlier attempt started to hand over, when one did:
+    /// sent again unchanged (same Message-ID, Date and signature), so a
+    /// recipient who got the first copy can tell the second for what it is.
+    bytes: Option<Vec<u8>>,
 }
 
 impl Job {
@@ -314,8 +336,13 @@ async fn with_store<T: Send + 'static>(
     .await?
 }
 
-/// Settles `sending` rows that no live attempt can own any more as
-/// `unknown`; returns how many.
+/// Settles `sending` rows that no live attempt can own any more: their
+/// process is gone (`process::is_gone`), or, when that cannot be told, the
+/// attempt started longer ago than [`SENDING_LEASE`]. A row whose content
+/// never started to go out delivered nothing and is due again at once; one
+/// whose content did is re-sent with the same bytes (at most
+/// [`MAX_AUTO_RESENDS`] times, then `unknown`). Returns how many rows
+/// became `unknown`.
 pub async fn recover(
     store: &SharedStore,
     clock: Clock,
@@ -324,41 +351,126 @@ pub async fn recover(
     let metrics = metrics.clone();
     with_store(store, move |s| {
         let now = clock.now();
-        let before = stamp(now - SENDING_LEASE);
+        let lease_start = now - SENDING_LEASE;
         let tx = s.begin()?;
         let ops = tx.ops();
-        let rows = ops.sending_since(&before)?;
         let at = stamp(now);
-        let mut n = 0;
-        for row in &rows {
-            let error = format!(
-                "attempt {} started at {} and its outcome was never recorded (the process stopped mid-send); the server may or may not have the reply",
-                row.attempts,
-                row.last_attempt_at.as_deref().unwrap_or("an unknown time")
-            );
-            if ops.finish_attempt(row.id, AttemptEnd::Unknown { error: &error })? {
-                audit::append(
-                    &ops,
-                    &at,
-                    SYSTEM_ACTOR,
-                    row.case_id,
-                    kind::REPLY_UNKNOWN,
-                    &json!({ "outbox": row.id, "attempt": row.attempts, "error": error }),
-                )?;
-                let reference = match row.case_id {
-                    Some(id) => ops.case_by_id(id)?,
-                    None => None,
+        let mut unknown = 0;
+        for row in ops.sending()? {
+            let started = row.last_attempt_at.as_deref().and_then(parse_instant);
+            let gone = match row.claimed_by.as_deref() {
+                Some(me) if me == process::this_process() => Some(false),
+                Some(claimant) => process::is_gone(claimant),
+                None => None,
+            };
+            let abandoned = gone.unwrap_or(false) || started.is_none_or(|t| t <= lease_start);
+            if !abandoned {
+                continue;
+            }
+            let how = if gone == Some(true) {
+                "its process is gone"
+            } else {
+                "its process never recorded an outcome"
+            };
+            let since = row.last_attempt_at.as_deref().unwrap_or("an unknown time");
+            let settled = match row.content_started_at {
+                None => {
+                    let error = format!(
+                        "attempt {} started at {since} and stopped before any content was sent ({how}); tried again",
+                        row.attempts
+                    );
+                    Settled::Retry(error)
                 }
-                .map_or_else(|| "-".to_string(), |c| c.reference.to_string());
-                tracing::warn!(case = %reference, outbox = row.id, kind = %row.kind, to = %row.recipient, status = %"unknown", attempt = row.attempts, error = ?error, "reply");
+                Some(_) if row.auto_resends < MAX_AUTO_RESENDS => Settled::Resend(format!(
+                    "attempt {} started at {since} stopped while the content was being sent ({how}); the server may have it, so the same message is sent again",
+                    row.attempts
+                )),
+                Some(_) => Settled::Unknown(format!(
+                    "attempt {} started at {since} stopped while the content was being sent ({how}), after {} automatic re-sends; the server may or may not have the reply",
+                    row.attempts, row.auto_resends
+                )),
+            };
+            let status = settle(&ops, &row, &settled, &at, &at)?;
+            if status.is_none() {
+                continue;
+            }
+            let reference = match row.case_id {
+                Some(id) => ops.case_by_id(id)?,
+                None => None,
+            }
+            .map_or_else(|| "-".to_string(), |c| c.reference.to_string());
+            tracing::warn!(case = %reference, outbox = row.id, kind = %row.kind, to = %row.recipient, status = %status.unwrap_or("-"), attempt = row.attempts, error = ?settled.error(), "reply");
+            if let Settled::Unknown(_) = settled {
                 metrics.send(SendOutcome::Unknown);
-                n += 1;
+                unknown += 1;
             }
         }
         tx.commit()?;
-        Ok(n)
+        Ok(unknown)
     })
     .await
+}
+
+/// How an attempt without a positive answer is settled.
+enum Settled {
+    /// Nothing was delivered: due again.
+    Retry(String),
+    /// The outcome cannot be known: the same bytes again.
+    Resend(String),
+    /// The outcome cannot be known, and the automatic re-sends are used up.
+    Unknown(String),
+}
+
+impl Settled {
+    fn error(&self) -> &str {
+        match self {
+            Settled::Retry(e) | Settled::Resend(e) | Settled::Unknown(e) => e,
+        }
+    }
+}
+
+/// Moves a `sending` row as `settled` says, due again at `next`, with its
+/// event; the new status, or `None` when the row was no longer `sending`.
+fn settle(
+    ops: &crate::store::Ops<'_>,
+    row: &ReplyRow,
+    settled: &Settled,
+    at: &str,
+    next: &str,
+) -> anyhow::Result<Option<&'static str>> {
+    let attempt = row.attempts;
+    let (moved, event, status, data) = match settled {
+        Settled::Retry(error) => (
+            ops.finish_attempt(
+                row.id,
+                AttemptEnd::Retry {
+                    next_attempt_at: next,
+                    error,
+                },
+            )?,
+            kind::REPLY_RETRY,
+            "pending",
+            json!({ "outbox": row.id, "attempt": attempt, "error": error, "next_attempt_at": next }),
+        ),
+        Settled::Resend(error) => (
+            ops.resend_automatically(row.id, next, error)?,
+            kind::REPLY_RESEND_AUTO,
+            "pending",
+            json!({ "outbox": row.id, "attempt": attempt, "error": error, "next_attempt_at": next,
+                    "resend": row.auto_resends + 1, "same_message_id": row.msgid }),
+        ),
+        Settled::Unknown(error) => (
+            ops.finish_attempt(row.id, AttemptEnd::Unknown { error })?,
+            kind::REPLY_UNKNOWN,
+            "unknown",
+            json!({ "outbox": row.id, "attempt": attempt, "error": error }),
+        ),
+    };
+    if !moved {
+        return Ok(None);
+    }
+    audit::append(ops, at, SYSTEM_ACTOR, row.case_id, event, &data)?;
+    Ok(Some(status))
 }
 
 /// One drain of the queue (module documentation). Stops between replies
@@ -389,9 +501,18 @@ pub async fn drain(
         };
         let started = Instant::now();
         let now = clock.now();
-        let message = render(mailer, &job, now);
+        let again = job.bytes.is_some();
+        let message = match &job.bytes {
+            Some(bytes) => Ok(bytes.clone()),
+            None => render(mailer, &job, now),
+        };
         let delivery = match &message {
-            Ok(bytes) => client.send(&job.row.recipient, bytes, SEND_TIMEOUT).await,
+            Ok(bytes) => {
+                let content_starts = mark_content(store, job.row.id, bytes.clone(), clock);
+                client
+                    .send(&job.row.recipient, bytes, SEND_TIMEOUT, content_starts)
+                    .await
+            }
             // Nothing went out: a configuration matter, retried.
             Err(e) => Delivery::Transient(format!("{e:#}")),
         };
@@ -403,7 +524,8 @@ pub async fn drain(
                 .as_ref()
                 .map(|s| format!("d={} s={}", s.domain, s.selector)),
             sha256: sent,
-            date: stamp(now),
+            date: (!again).then(|| stamp(now)),
+            again,
         };
         let status = record(store, &job, delivery.clone(), facts, clock).await?;
         let ms = started.elapsed().as_millis();
@@ -441,9 +563,10 @@ async fn claim(store: &SharedStore, id: i64, clock: Clock) -> anyhow::Result<Opt
         let at = stamp(clock.now());
         let tx = s.begin()?;
         let ops = tx.ops();
-        if !ops.start_attempt(id, &at)? {
+        if !ops.start_attempt(id, &at, process::this_process())? {
             return Ok(None);
         }
+        let bytes = ops.sent_bytes(id)?;
         let row = ops
             .reply(id)?
             .ok_or_else(|| anyhow::anyhow!("queued reply {id} vanished"))?;
@@ -486,6 +609,7 @@ async fn claim(store: &SharedStore, id: i64, clock: Clock) -> anyhow::Result<Opt
             case,
             received,
             thread,
+            bytes,
         }))
     })
     .await
@@ -554,14 +678,38 @@ fn sign(mailer: &Mailer, bytes: Vec<u8>) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// Records, committed, that the content of `id` goes out now as `bytes`:
+/// the future [`smtp::Client::send`] awaits after `DATA`.
+async fn mark_content(
+    store: &SharedStore,
+    id: i64,
+    bytes: Vec<u8>,
+    clock: Clock,
+) -> Result<(), String> {
+    let marked = with_store(store, move |s| {
+        let tx = s.begin()?;
+        let marked = tx.ops().start_content(id, &stamp(clock.now()), &bytes)?;
+        tx.commit()?;
+        Ok(marked)
+    })
+    .await;
+    match marked {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!("queued reply {id} is no longer being sent")),
+        Err(e) => Err(format!("{e:#}")),
+    }
+}
+
 /// What the audit event of a sent reply records about it.
 struct Facts {
     envelope_from: String,
     dkim: Option<String>,
     /// SHA-256 of the exact bytes handed to the server.
     sha256: Option<String>,
-    /// The instant in its `Date` header.
-    date: String,
+    /// The instant in its `Date` header, when rendered for this attempt.
+    date: Option<String>,
+    /// The bytes of an earlier attempt, sent again.
+    again: bool,
 }
 
 /// sending → the outcome, with its event; returns the new status.
@@ -595,6 +743,7 @@ async fn record(
                     "dkim": facts.dkim,
                     "date": facts.date,
                     "sha256": facts.sha256,
+                    "same_bytes_again": facts.again,
                 }),
             ),
             Delivery::Transient(e) if give_up => (
@@ -619,12 +768,23 @@ async fn record(
                 "failed",
                 json!({ "outbox": id, "attempt": attempt, "error": e, "reason": "refused by the server" }),
             ),
-            Delivery::Unknown(e) => (
-                AttemptEnd::Unknown { error: e },
-                kind::REPLY_UNKNOWN,
-                "unknown",
-                json!({ "outbox": id, "attempt": attempt, "error": e }),
-            ),
+            Delivery::Unknown(e) => {
+                let tx = s.begin()?;
+                let ops = tx.ops();
+                let row = ops
+                    .reply(id)?
+                    .ok_or_else(|| anyhow::anyhow!("queued reply {id} vanished"))?;
+                let settled = if row.auto_resends < MAX_AUTO_RESENDS {
+                    Settled::Resend(format!("{e}; the server may have it, so the same message is sent again"))
+                } else {
+                    Settled::Unknown(format!("{e}; after {} automatic re-sends", row.auto_resends))
+                };
+                let Some(status) = settle(&ops, &row, &settled, &at, &next)? else {
+                    anyhow::bail!("queued reply {id} was no longer sending when its outcome came in");
+                };
+                tx.commit()?;
+                return Ok(status);
+            }
         };
         let tx = s.begin()?;
         let ops = tx.ops();

@@ -16,9 +16,11 @@
 //! operator to fix, so it is always retried. `RCPT` and `DATA` answers are
 //! about this message and this recipient. Once the content has started to
 //! go out, the server may have taken the message even if no final answer
-//! arrives (a dropped connection, a timeout): that is [`Delivery::Unknown`],
-//! which the queue never retries by itself, since one possible duplicate is
-//! a person's decision, not the daemon's.
+//! arrives (a dropped connection, a timeout): that is [`Delivery::Unknown`].
+//! The caller is told, through the `content_starts` future of
+//! [`Client::send`], just before the first byte of content goes out, so it
+//! can record that moment durably: a process killed before it certainly
+//! delivered nothing.
 //!
 //! The password is read from `smtp.password_file` for every connection (a
 //! rotated credential needs no restart) and never logged; lettre's own
@@ -171,12 +173,25 @@ impl Client {
     }
 
     /// Sends `message` to `recipient` in one transaction, within `limit`.
-    pub async fn send(&self, recipient: &str, message: &[u8], limit: Duration) -> Delivery {
+    /// `content_starts` runs once the server has said it will take the
+    /// content (after `DATA`), before any of it is written: the caller
+    /// records there, durably, that delivery may happen from now on. If it
+    /// fails, the transaction is abandoned with nothing sent (transient).
+    pub async fn send<F>(
+        &self,
+        recipient: &str,
+        message: &[u8],
+        limit: Duration,
+        content_starts: F,
+    ) -> Delivery
+    where
+        F: Future<Output = Result<(), String>>,
+    {
         let mut phase = Phase::Session;
         let mut conn = None;
         let result = tokio::time::timeout(
             limit,
-            self.transaction(&mut phase, &mut conn, recipient, message),
+            self.transaction(&mut phase, &mut conn, recipient, message, content_starts),
         )
         .await;
         let delivery = match result {
@@ -216,9 +231,10 @@ impl Client {
         slot: &mut Option<AsyncSmtpConnection>,
         recipient: &str,
         message: &[u8],
+        content_starts: impl Future<Output = Result<(), String>>,
     ) -> Result<String, Failure> {
         let conn = slot.insert(self.session().await?);
-        self.envelope_and_content(conn, phase, recipient, message)
+        self.envelope_and_content(conn, phase, recipient, message, content_starts)
             .await
     }
 
@@ -275,6 +291,7 @@ impl Client {
         phase: &mut Phase,
         recipient: &str,
         message: &[u8],
+        content_starts: impl Future<Output = Result<(), String>>,
     ) -> Result<String, Failure> {
         let to: Address = recipient.parse().map_err(|e| {
             Failure::Refused(format!(
@@ -309,6 +326,11 @@ impl Client {
         conn.command(Data)
             .await
             .map_err(|e| Failure::smtp("DATA", e))?;
+        content_starts.await.map_err(|e| {
+            Failure::Other(format!(
+                "cannot record that the content is going out, so none was sent: {e}"
+            ))
+        })?;
         // From here on the server may end up with the message whatever
         // happens to the connection.
         *phase = Phase::Content;

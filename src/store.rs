@@ -36,7 +36,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Schema migrations; `MIGRATIONS[i]` takes `user_version` from `i` to
 /// `i + 1`. Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -228,6 +228,22 @@ ALTER TABLE outbox_v3 RENAME TO outbox;
 CREATE INDEX outbox_recipient ON outbox (recipient COLLATE NOCASE, queued_at);
 CREATE INDEX outbox_case ON outbox (case_id, kind, queued_at);
 CREATE INDEX outbox_due ON outbox (status, next_attempt_at);
+"#;
+
+/// What an interrupted send needs to be finished without a person:
+/// `content_started_at` is committed just before the message content goes
+/// to the server (a row `sending` without it certainly delivered nothing,
+/// and is tried again by itself); `bytes` are the exact bytes handed to
+/// the server, kept so that what a recipient got can be shown and so that
+/// a re-send after an ambiguous end is the same message, Message-ID,
+/// Date and signature included; `auto_resends` counts those re-sends;
+/// `claimed_by` names the process of the current attempt (`pid:start
+/// time`), so that a dead one's rows are settled at once.
+const V4: &str = r#"
+ALTER TABLE outbox ADD COLUMN content_started_at TEXT;
+ALTER TABLE outbox ADD COLUMN bytes BLOB;
+ALTER TABLE outbox ADD COLUMN auto_resends INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
 "#;
 
 /// Failures a caller may want to tell apart.
@@ -639,6 +655,16 @@ pub struct ReplyRow {
     /// What a notice or digest says (JSON), fixed when it was queued.
     #[serde(skip)]
     pub payload: Option<String>,
+    /// When the content of the latest attempt started to go out.
+    pub content_started_at: Option<String>,
+    /// Re-sends of the same bytes after an attempt whose outcome could
+    /// not be known.
+    pub auto_resends: i64,
+    /// The process of the current attempt (`pid:start time`).
+    #[serde(skip)]
+    pub claimed_by: Option<String>,
+    /// The size of the bytes handed to the server, once content went out.
+    pub sent_bytes: Option<i64>,
 }
 
 /// The states of a queued reply (the `outbox.status` column).
@@ -654,8 +680,9 @@ pub enum ReplyStatus {
     /// Refused for good, or not deliverable within the give-up window.
     Failed,
     /// The content went out but no final answer came back (or the process
-    /// died mid-transaction): it may or may not have been delivered, so it
-    /// is never retried by itself.
+    /// died mid-transaction), and the automatic re-sends of the same bytes
+    /// are used up: it may or may not have been delivered, and waits for a
+    /// person.
     Unknown,
 }
 
@@ -776,7 +803,8 @@ fn verdict_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VerdictRow> {
 
 const REPLY_COLUMNS: &str = "id, case_id, message_id, kind, recipient, msgid, in_reply_to, subject, \
      status, attempts, next_attempt_at, queued_at, sent_at, last_error, pending_since, last_attempt_at, \
-     dedupe_key, payload";
+     dedupe_key, payload, content_started_at, auto_resends, claimed_by, \
+     CASE WHEN bytes IS NULL THEN NULL ELSE length(bytes) END";
 
 fn reply_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReplyRow> {
     Ok(ReplyRow {
@@ -798,6 +826,10 @@ fn reply_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ReplyRow> {
         last_attempt_at: r.get(15)?,
         dedupe_key: r.get(16)?,
         payload: r.get(17)?,
+        content_started_at: r.get(18)?,
+        auto_resends: r.get(19)?,
+        claimed_by: r.get(20)?,
+        sent_bytes: r.get(21)?,
     })
 }
 
@@ -1225,27 +1257,69 @@ impl Ops<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Replies left `sending` by an attempt that started at or before
-    /// `started_by`.
-    pub fn sending_since(&self, started_by: &str) -> anyhow::Result<Vec<ReplyRow>> {
+    /// Every row `sending` now.
+    pub fn sending(&self) -> anyhow::Result<Vec<ReplyRow>> {
         let mut stmt = self.c.prepare_cached(&format!(
-            "SELECT {REPLY_COLUMNS} FROM outbox WHERE status = 'sending' \
-             AND (last_attempt_at IS NULL OR last_attempt_at <= ?1) ORDER BY id"
+            "SELECT {REPLY_COLUMNS} FROM outbox WHERE status = 'sending' ORDER BY id"
         ))?;
-        let rows = stmt.query_map([started_by], reply_row)?;
+        let rows = stmt.query_map([], reply_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// pending → sending: an attempt starts now. False when the row is not
     /// pending (another process took it).
-    pub fn start_attempt(&self, id: i64, now: &str) -> anyhow::Result<bool> {
+    pub fn start_attempt(&self, id: i64, now: &str, claimant: &str) -> anyhow::Result<bool> {
         let n = self
             .c
             .prepare_cached(
                 "UPDATE outbox SET status = 'sending', attempts = attempts + 1, \
-                 last_attempt_at = ?2 WHERE id = ?1 AND status = 'pending'",
+                 last_attempt_at = ?2, content_started_at = NULL, claimed_by = ?3 \
+                 WHERE id = ?1 AND status = 'pending'",
             )?
-            .execute(params![id, now])?;
+            .execute(params![id, now, claimant])?;
+        Ok(n == 1)
+    }
+
+    /// The content of a `sending` row starts to go out now, as `bytes`
+    /// (kept: a later attempt sends them again unchanged). False when the
+    /// row is not `sending`.
+    pub fn start_content(&self, id: i64, now: &str, bytes: &[u8]) -> anyhow::Result<bool> {
+        let n = self
+            .c
+            .prepare_cached(
+                "UPDATE outbox SET content_started_at = ?2, bytes = ?3 \
+                 WHERE id = ?1 AND status = 'sending'",
+            )?
+            .execute(params![id, now, bytes])?;
+        Ok(n == 1)
+    }
+
+    /// The bytes last handed to the server for a row, if content went out.
+    pub fn sent_bytes(&self, id: i64) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self
+            .c
+            .prepare_cached("SELECT bytes FROM outbox WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// sending → pending, due at `next_attempt_at`, as an automatic
+    /// re-send of the same bytes after an outcome that could not be known.
+    /// False when the row is not `sending`.
+    pub fn resend_automatically(
+        &self,
+        id: i64,
+        next_attempt_at: &str,
+        error: &str,
+    ) -> anyhow::Result<bool> {
+        let n = self
+            .c
+            .prepare_cached(
+                "UPDATE outbox SET status = 'pending', next_attempt_at = ?2, last_error = ?3, \
+                 auto_resends = auto_resends + 1 WHERE id = ?1 AND status = 'sending'",
+            )?
+            .execute(params![id, next_attempt_at, error])?;
         Ok(n == 1)
     }
 
@@ -1285,7 +1359,9 @@ impl Ops<'_> {
             .c
             .prepare_cached(
                 "UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = ?2, \
-                 pending_since = ?2 WHERE id = ?1 AND status IN ('unknown', 'failed')",
+                 pending_since = ?2, auto_resends = 0, \
+                 bytes = CASE status WHEN 'unknown' THEN bytes END \
+                 WHERE id = ?1 AND status IN ('unknown', 'failed')",
             )?
             .execute(params![id, now])?;
         Ok(n == 1)
@@ -1611,9 +1687,9 @@ mod tests {
             ),
             ("pending", "2026-01-01T00:00:00Z", "<m@x>")
         );
-        assert!(ops.start_attempt(1, "2026-01-01T00:01:00Z").unwrap());
+        assert!(ops.start_attempt(1, "2026-01-01T00:01:00Z", "1:1").unwrap());
         assert!(
-            !ops.start_attempt(1, "2026-01-01T00:01:00Z").unwrap(),
+            !ops.start_attempt(1, "2026-01-01T00:01:00Z", "1:1").unwrap(),
             "claimed once"
         );
         assert!(

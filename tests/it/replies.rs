@@ -587,6 +587,64 @@ fn the_per_sender_daily_cap_holds() {
 }
 
 #[test]
+fn the_bytes_sent_are_kept_and_exported_whatever_the_templates_say_later() {
+    let sink = Sink::start();
+    let rig = Rig::new(&smtp(sink.port, ""), "");
+    rig.ingest(&[police_request("Order", None)]);
+    rig.once(Some(T));
+    let got = sink.wait_for(1, Duration::from_secs(10));
+    // The acknowledgement's template changes after it went out.
+    let templates = rig.dir().join("templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::write(
+        templates.join("acknowledgement.txt"),
+        "A new text for {agency}, case {reference}.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        templates.join("rejection.txt"),
+        "Not ours, {agency}: {reference}.\n",
+    )
+    .unwrap();
+    let out_dir = rig.dir().join("bundle");
+    let out = rig.run(
+        &[
+            "cases",
+            "export",
+            "LR-2026-0001",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        Some(T),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported = std::fs::read(out_dir.join("out1-acknowledgement.eml")).unwrap();
+    // As the server read it (which adds the line break before the dot).
+    assert_eq!(exported.trim_ascii_end(), got[0].data.trim_ascii_end());
+    assert!(String::from_utf8_lossy(&exported).contains("confirms that it received"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("manifest.json")).unwrap()).unwrap();
+    let entry = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "out1-acknowledgement.eml")
+        .expect("listed in the manifest")
+        .clone();
+    assert_eq!(entry["size"], exported.len());
+    assert!(
+        entry["what"]
+            .as_str()
+            .unwrap()
+            .contains("exactly as handed")
+    );
+}
+
+#[test]
 fn a_server_that_is_down_makes_the_reply_wait_and_later_deliver_exactly_once() {
     let port = crate::support::free_port();
     let rig = Rig::new(&smtp(port, ""), "");
@@ -691,36 +749,64 @@ fn a_reply_not_accepted_for_5_days_fails_and_a_person_can_send_it_again() {
 }
 
 #[test]
-fn a_connection_dropped_after_the_content_leaves_the_reply_unknown_until_a_person_resends() {
+fn a_connection_dropped_after_the_content_is_sent_again_unchanged_then_waits_for_a_person() {
     let broken = Broken::start(Misbehaviour::CloseAfterContent);
     let rig = Rig::new(&smtp(broken.port, ""), "");
     rig.ingest(&[police_request("Order", None)]);
-    rig.once(Some(T));
-    let (status, attempts, error, _) = rig.row();
-    assert_eq!((status.as_str(), attempts), ("unknown", 1));
+    // The server may have the reply each time: the same bytes go again,
+    // MAX_AUTO_RESENDS (3) times, a minute, two, four apart ...
+    let drains = [
+        "2026-11-02T10:00:00Z",
+        "2026-11-02T10:01:00Z",
+        "2026-11-02T10:03:00Z",
+        "2026-11-02T10:07:00Z",
+    ];
+    for (i, at) in drains.iter().enumerate() {
+        rig.once(Some(at));
+        let (status, attempts, error, _) = rig.row();
+        let expected = if i < 3 { "pending" } else { "unknown" };
+        assert_eq!((status.as_str(), attempts), (expected, i as i64 + 1));
+        assert!(
+            error
+                .as_deref()
+                .unwrap_or("")
+                .contains("after the message content was sent"),
+            "{error:?}"
+        );
+    }
+    let contents = broken.contents.lock().unwrap().clone();
+    assert_eq!(contents.len(), 4, "the first send and three re-sends");
     assert!(
-        error
-            .as_deref()
-            .unwrap_or("")
-            .contains("after the message content was sent"),
-        "{error:?}"
+        contents.iter().all(|c| c == &contents[0]),
+        "every re-send is the same message, byte for byte"
     );
     assert_eq!(
-        broken.contents.lock().unwrap().len(),
-        1,
-        "the content went out"
+        rig.reply_events(),
+        [
+            "reply_queued",
+            "reply_sending",
+            "reply_resend_auto",
+            "reply_sending",
+            "reply_resend_auto",
+            "reply_sending",
+            "reply_resend_auto",
+            "reply_sending",
+            "reply_unknown"
+        ]
     );
-    // Never retried by itself, however often the queue is drained.
+    // ... and then it waits for a person: never sent by itself again.
     rig.once(Some("2026-11-03T10:00:00Z"));
     assert_eq!(
         broken.connections.load(std::sync::atomic::Ordering::SeqCst),
-        1
+        4
     );
     assert_eq!(rig.row().0, "unknown");
     let shown = rig.show("LR-2026-0001");
     assert!(
         shown.contains("UNKNOWN whether it was delivered")
-            && shown.contains("cases resend LR-2026-0001"),
+            && shown.contains("cases resend LR-2026-0001")
+            && shown.contains("re-sent automatically 3 time(s)")
+            && shown.contains("bytes handed to the server are kept"),
         "{shown}"
     );
 
@@ -747,9 +833,8 @@ fn a_connection_dropped_after_the_content_leaves_the_reply_unknown_until_a_perso
     rig.once(Some(T));
     let got = sink.wait_for(1, Duration::from_secs(10));
     assert_eq!(rig.row().0, "sent");
-    // The same reply: same Message-ID as the one that may have arrived.
-    let first = String::from_utf8_lossy(&broken.contents.lock().unwrap()[0]).to_string();
-    assert!(first.contains(&got[0].header("Message-ID")));
+    // The same reply, byte for byte, as the one that may have arrived.
+    assert_eq!(got[0].data, contents[0]);
     // Nothing left to resend.
     let again = rig.run(&["cases", "resend", "LR-2026-0001"], Some(T));
     assert_eq!(again.status.code(), Some(1));
@@ -769,7 +854,7 @@ fn a_connection_dropped_before_the_content_is_retried() {
 }
 
 #[test]
-fn a_crash_mid_send_is_left_sending_then_settled_as_unknown_never_resent() {
+fn a_process_killed_while_the_content_goes_out_is_followed_by_the_same_message() {
     let broken = Broken::start(Misbehaviour::HangAfterContent);
     let rig = Rig::new(&smtp(broken.port, ""), "");
     rig.ingest(&[police_request("Order", None)]);
@@ -784,22 +869,163 @@ fn a_crash_mid_send_is_left_sending_then_settled_as_unknown_never_resent() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(rig.row().0, "sending", "committed before the transaction");
-    // Another run within the attempt's time limit leaves it alone …
-    rig.once(Some("2026-11-02T10:01:00Z"));
-    assert_eq!(rig.row().0, "sending");
-    // … and once no process can still own it, it is unknown, not resent.
-    let log = rig.once(Some("2026-11-02T10:10:00Z"));
-    let (status, attempts, error, _) = rig.row();
-    assert_eq!((status.as_str(), attempts), ("unknown", 1), "{log}");
-    assert!(error.unwrap().contains("never recorded"));
-    assert_eq!(
-        broken.connections.load(std::sync::atomic::Ordering::SeqCst),
-        1
-    );
+    let started: Option<String> = rig
+        .db()
+        .query_row(
+            "SELECT content_started_at FROM outbox WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(started.is_some(), "committed before the content went out");
+    // The next run, at once (no lease to wait out: the process is gone),
+    // sends the same bytes again.
+    let sink = Sink::start();
+    rig.set_smtp(&smtp(sink.port, ""));
+    let log = rig.once(Some(T));
+    let got = sink.wait_for(1, Duration::from_secs(10));
+    assert_eq!(rig.row().0, "sent", "{log}");
+    assert_eq!(got[0].data, broken.contents.lock().unwrap()[0]);
     assert_eq!(
         rig.reply_events(),
-        ["reply_queued", "reply_sending", "reply_unknown"]
+        [
+            "reply_queued",
+            "reply_sending",
+            "reply_resend_auto",
+            "reply_sending",
+            "reply_sent"
+        ]
     );
+    assert!(
+        rig.show("LR-2026-0001")
+            .contains("re-sent automatically 1 time(s)")
+    );
+    rig.audit_ok();
+}
+
+#[test]
+fn a_process_killed_before_the_content_goes_out_is_simply_tried_again() {
+    let broken = Broken::start(Misbehaviour::HangAtData);
+    let rig = Rig::new(&smtp(broken.port, ""), "");
+    rig.ingest(&[police_request("Order", None)]);
+    let mut child = command(&rig.install, &["run", "--once"], Some(T))
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the DATA command", || {
+        broken.connections.load(std::sync::atomic::Ordering::SeqCst) == 1
+            && rig.row().0 == "sending"
+    });
+    // Give the client the moment it needs to send DATA.
+    thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let sink = Sink::start();
+    rig.set_smtp(&smtp(sink.port, ""));
+    let log = rig.once(Some(T));
+    let got = sink.wait_for(1, Duration::from_secs(10));
+    assert_eq!(got.len(), 1);
+    assert!(broken.contents.lock().unwrap().is_empty());
+    assert_eq!(rig.row().0, "sent", "{log}");
+    assert_eq!(
+        rig.reply_events(),
+        [
+            "reply_queued",
+            "reply_sending",
+            "reply_retry",
+            "reply_sending",
+            "reply_sent"
+        ]
+    );
+    let retry: String = rig
+        .db()
+        .query_row(
+            "SELECT data FROM events WHERE kind = 'reply_retry'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(retry.contains("before any content was sent"), "{retry}");
+    rig.audit_ok();
+}
+
+#[test]
+fn kill_9_while_replies_are_being_sent_loses_none_and_repeats_only_identical_bytes() {
+    // A server that stores each message, then takes 200 ms to say so: a
+    // kill in that window leaves a reply the server has but the sender
+    // never heard about.
+    let sink = Sink::start_with(
+        crate::support::free_port(),
+        Options {
+            delay_ms: 200,
+            ..Options::default()
+        },
+    );
+    let rig = Rig::new(&smtp(sink.port, ""), "");
+    const N: usize = 12;
+    let requests: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            let raw = request(&format!("officer{i}@police.gi"), &format!("Order {i}"));
+            from_police_server(&signed(&raw, &world().keys.police, "police.gi", "s2026"))
+        })
+        .collect();
+    rig.ingest(&requests);
+    // A fixed sequence of pseudo-random delays, so a failure reproduces.
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut kills = 0;
+    for _ in 0..10 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = command(&rig.install, &["run", "--once"], Some(T))
+            .spawn()
+            .unwrap();
+        thread::sleep(Duration::from_millis(100 + seed % 500));
+        if child.try_wait().unwrap().is_none() {
+            kills += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    rig.once(Some(T));
+
+    let db = rig.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT msgid, status, bytes FROM outbox WHERE kind = 'acknowledgement' ORDER BY id",
+        )
+        .unwrap();
+    let rows: Vec<(String, String, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(rows.len(), N, "one acknowledgement per request");
+    let got = sink.received();
+    let mut duplicates = 0;
+    for (msgid, status, bytes) in &rows {
+        assert_eq!(status, "sent", "{msgid}");
+        let copies: Vec<_> = got
+            .iter()
+            .filter(|m| m.header("Message-ID") == *msgid)
+            .collect();
+        assert!(!copies.is_empty(), "{msgid} never reached the server");
+        // (The end of the content as the server read it carries the line
+        // break before the final dot.)
+        let trimmed = |b: &[u8]| b.trim_ascii_end().to_vec();
+        for copy in &copies {
+            assert!(
+                trimmed(&copy.data) == trimmed(bytes),
+                "{msgid}: every copy is the stored bytes"
+            );
+        }
+        duplicates += copies.len() - 1;
+    }
+    assert!(
+        duplicates <= kills,
+        "{duplicates} repeated copies for {kills} kills"
+    );
+    eprintln!("{kills} kills, {duplicates} repeated copies, {N} replies delivered");
+    assert!(kills > 0, "the storm must interrupt something");
     rig.audit_ok();
 }
 
@@ -811,6 +1037,7 @@ fn starttls_implicit_tls_and_auth_with_the_password_file() {
             Options {
                 tls: Some(mode),
                 auth: true,
+                ..Options::default()
             },
         );
         let section = |password_file: &str| {

@@ -50,6 +50,9 @@ cert = sys.argv[4] if len(sys.argv) > 4 else None
 key = sys.argv[5] if len(sys.argv) > 5 else None
 user = os.environ.get("SINK_USER")
 password = os.environ.get("SINK_PASSWORD")
+# Stores the message, then waits this long before answering: a client
+# stopped meanwhile cannot know the message arrived.
+delay = int(os.environ.get("SINK_DELAY_MS", "0")) / 1000.0
 
 class Store:
     def __init__(self):
@@ -71,6 +74,8 @@ class Store:
         with open(base + ".json.tmp", "w") as f:
             json.dump(meta, f)
         os.rename(base + ".json.tmp", base + ".json")
+        if delay:
+            await asyncio.sleep(delay)
         return "250 2.0.0 Ok: stored as %06d" % self.n
 
 def authenticator(server, session, envelope, mechanism, auth_data):
@@ -116,6 +121,8 @@ pub struct Options {
     pub tls: Option<&'static str>,
     /// Require AUTH as [`USER`] with [`PASSWORD`].
     pub auth: bool,
+    /// Milliseconds between storing a message and answering for it.
+    pub delay_ms: u64,
 }
 
 /// One message as the sink received it.
@@ -217,6 +224,7 @@ impl Sink {
         if options.auth {
             cmd.env("SINK_USER", USER).env("SINK_PASSWORD", PASSWORD);
         }
+        cmd.env("SINK_DELAY_MS", options.delay_ms.to_string());
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -421,6 +429,9 @@ pub enum Misbehaviour {
     /// Reads the content and then never answers, holding the connection
     /// open.
     HangAfterContent,
+    /// Reads the `DATA` command and never answers it (no 354), holding
+    /// the connection open: no content can go out.
+    HangAtData,
 }
 
 /// A hand-written SMTP server that breaks its transactions (module docs).
@@ -502,6 +513,10 @@ fn converse(
             "DATA" if how == Misbehaviour::CloseAtData => {
                 return Ok(());
             }
+            "DATA" if how == Misbehaviour::HangAtData => {
+                hold(&mut lines, stop);
+                return Ok(());
+            }
             "DATA" => {
                 out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")?;
                 let mut content = Vec::new();
@@ -517,18 +532,23 @@ fn converse(
                 }
                 contents.lock().unwrap().push(content);
                 if how == Misbehaviour::HangAfterContent {
-                    // Hold the connection until the test ends.
-                    let mut sink = [0u8; 64];
-                    while !stop.load(Ordering::SeqCst) {
-                        match lines.get_mut().read(&mut sink) {
-                            Ok(0) => return Ok(()),
-                            _ => thread::sleep(Duration::from_millis(50)),
-                        }
-                    }
+                    hold(&mut lines, stop);
                 }
                 return Ok(());
             }
             _ => out.write_all(b"502 5.5.2 Not implemented\r\n")?,
+        }
+    }
+}
+
+/// Holds the connection, answering nothing, until the client closes it or
+/// the test ends.
+fn hold(lines: &mut BufReader<TcpStream>, stop: &AtomicBool) {
+    let mut sink = [0u8; 64];
+    while !stop.load(Ordering::SeqCst) {
+        match lines.get_mut().read(&mut sink) {
+            Ok(0) => return,
+            _ => thread::sleep(Duration::from_millis(50)),
         }
     }
 }
