@@ -172,7 +172,9 @@ impl Status {
         match decision {
             Decision::Acknowledge => Status::Received,
             Decision::Reject => Status::OutOfJurisdiction,
-            Decision::Quarantine | Decision::Defer => Status::Quarantined,
+            // An internal note that belongs to no case waits for a person
+            // to look at it with the rest of the quarantine.
+            Decision::Quarantine | Decision::Defer | Decision::Internal => Status::Quarantined,
         }
     }
 }
@@ -266,7 +268,7 @@ impl ReplyKind {
         match d {
             Decision::Acknowledge => Some(ReplyKind::Acknowledgement),
             Decision::Reject => Some(ReplyKind::Rejection),
-            Decision::Quarantine | Decision::Defer => None,
+            Decision::Quarantine | Decision::Defer | Decision::Internal => None,
         }
     }
 }

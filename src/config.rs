@@ -132,6 +132,10 @@ pub struct Auth {
     pub max_signatures: usize,
     /// Total time allowed for all DNS-backed checks of one message.
     pub time_budget: Duration,
+    /// The company's own domains: authenticated mail from them (a
+    /// colleague's Cc, a forward from support) is an internal note, never
+    /// answered.
+    pub own_domains: Vec<DomainName>,
 }
 
 #[derive(Debug, Clone)]
@@ -258,6 +262,8 @@ struct RawAuth {
     internal_networks: Vec<String>,
     max_signatures: Option<usize>,
     time_budget_secs: Option<u64>,
+    #[serde(default)]
+    own_domains: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -464,6 +470,21 @@ impl Validator<'_> {
         let triage = self.triage(raw.triage)?;
         let metrics = raw.metrics.map(|m| self.metrics(m)).transpose()?;
         let agencies = self.agencies(raw.agency)?;
+        for (i, own) in auth.own_domains.iter().enumerate() {
+            if let Some(a) = agencies.iter().find(|a| {
+                a.domains
+                    .iter()
+                    .any(|d| d.is_within(own) || own.is_within(d))
+            }) {
+                return Err(self.err(
+                    format!("auth.own_domains[{i}]"),
+                    format!(
+                        "`{own}` overlaps the domains of the agency `{}`: a domain is either ours or an agency's",
+                        a.name
+                    ),
+                ));
+            }
+        }
         Ok(Config {
             path: self.path.to_path_buf(),
             imap,
@@ -659,11 +680,16 @@ impl Validator<'_> {
         if budget == 0 || budget > 600 {
             return Err(self.err("auth.time_budget_secs", "must be between 1 and 600 seconds"));
         }
+        let mut own_domains = Vec::new();
+        for (i, d) in r.own_domains.iter().enumerate() {
+            own_domains.push(self.organisation_domain(&format!("auth.own_domains[{i}]"), d)?);
+        }
         Ok(Auth {
             trusted_mx,
             internal_networks,
             max_signatures,
             time_budget: Duration::from_secs(budget),
+            own_domains,
         })
     }
 
@@ -769,22 +795,27 @@ impl Validator<'_> {
             }
             let mut domains = Vec::new();
             for (j, d) in a.domains.iter().enumerate() {
-                let key = format!("agency[{i}].domains[{j}]");
-                let norm = normalize_domain(d)
-                    .ok_or_else(|| self.err(&key, format!("`{d}` is not a domain name")))?;
-                if norm.as_str().split('.').count() < 2
-                    || psl::suffix_str(norm.as_str()) == Some(norm.as_str())
-                {
-                    return Err(self.err(
-                        &key,
-                        format!("`{d}` is a public suffix; name the agency's own domain"),
-                    ));
-                }
-                domains.push(norm);
+                domains.push(self.organisation_domain(&format!("agency[{i}].domains[{j}]"), d)?);
             }
             agencies.push(Agency { name, domains });
         }
         Ok(agencies)
+    }
+
+    /// A domain that names one organisation: a valid name, not a public
+    /// suffix (`gov.gi`, `com`).
+    fn organisation_domain(&self, key: &str, d: &str) -> Result<DomainName, ConfigError> {
+        let norm = normalize_domain(d)
+            .ok_or_else(|| self.err(key, format!("`{d}` is not a domain name")))?;
+        if norm.as_str().split('.').count() < 2
+            || psl::suffix_str(norm.as_str()) == Some(norm.as_str())
+        {
+            return Err(self.err(
+                key,
+                format!("`{d}` is a public suffix; name the organisation's own domain"),
+            ));
+        }
+        Ok(norm)
     }
 }
 

@@ -19,6 +19,9 @@ pub enum Decision {
     Reject,
     Quarantine,
     Defer,
+    /// Authenticated mail from the company's own domains
+    /// (`auth.own_domains`): filed as a note, never answered.
+    Internal,
 }
 
 impl Decision {
@@ -28,6 +31,7 @@ impl Decision {
             Decision::Reject => "reject",
             Decision::Quarantine => "quarantine",
             Decision::Defer => "defer",
+            Decision::Internal => "internal",
         }
     }
 }
@@ -36,6 +40,8 @@ impl Decision {
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub agencies: Vec<(String, Vec<DomainName>)>,
+    /// `auth.own_domains`.
+    pub own_domains: Vec<DomainName>,
     pub defer_max_tries: u32,
     pub replies_per_sender_per_day: u32,
 }
@@ -48,6 +54,7 @@ impl Policy {
                 .iter()
                 .map(|a| (a.name.clone(), a.domains.clone()))
                 .collect(),
+            own_domains: c.auth.own_domains.clone(),
             defer_max_tries: c.limits.defer_max_tries,
             replies_per_sender_per_day: c.limits.replies_per_sender_per_day,
         }
@@ -59,6 +66,11 @@ impl Policy {
             .iter()
             .find(|(_, ds)| ds.iter().any(|d| domain.is_within(d)))
             .map(|(name, _)| name.as_str())
+    }
+
+    /// Whether `domain` is one of the company's own, by whole labels.
+    pub fn is_own(&self, domain: &DomainName) -> bool {
+        self.own_domains.iter().any(|d| domain.is_within(d))
     }
 }
 
@@ -229,6 +241,17 @@ pub fn decide(
                 agency,
             };
         }
+        Alignment::Dkim(how) | Alignment::Spf(how) if policy.is_own(from) => {
+            return Verdict {
+                decision: Decision::Internal,
+                reason: format!(
+                    "{how}; {from} is the company's own (auth.own_domains): an internal note, never answered"
+                ),
+                reply: false,
+                reply_suppressed: None,
+                agency: None,
+            };
+        }
         Alignment::Dkim(how) | Alignment::Spf(how) => match &agency {
             Some(name) => (Decision::Acknowledge, format!("{how}; {from} is {name}")),
             None => (
@@ -269,6 +292,7 @@ mod tests {
                 "Royal Gibraltar Police".into(),
                 vec![normalize_domain("police.gi").unwrap()],
             )],
+            own_domains: vec![normalize_domain("ivpn.net").unwrap()],
             defer_max_tries: 5,
             replies_per_sender_per_day: 10,
         }

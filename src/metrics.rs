@@ -60,11 +60,12 @@ pub const MAX_CONNECTIONS: usize = 8;
 const LOG_READ_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The decisions, in the order of [`Metrics::messages`].
-const DECISIONS: [Decision; 4] = [
+const DECISIONS: [Decision; 5] = [
     Decision::Acknowledge,
     Decision::Reject,
     Decision::Quarantine,
     Decision::Defer,
+    Decision::Internal,
 ];
 
 /// What became of one attempt to send a queued row (reply, notice or
@@ -118,7 +119,7 @@ pub struct Metrics {
     started: Instant,
     /// Messages judged and filed (or deferred) by decision, in the order
     /// of [`DECISIONS`].
-    messages: [AtomicU64; 4],
+    messages: [AtomicU64; DECISIONS.len()],
     /// Send attempts by outcome, in the order of [`SendOutcome::ALL`].
     sends: [AtomicU64; 4],
     /// Failed IMAP connections or passes: transient, fatal.

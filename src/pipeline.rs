@@ -303,6 +303,8 @@ impl Filer {
                 ops.replied_to_case_since(case.id, kind, &stamp(now - time::Duration::days(7)))?;
         }
         let verdict = decide::decide(inbound, &p.evidence, &self.policy, &history);
+        // Only a sender's own authenticated request may change a case; an
+        // internal note never does.
         let authenticated = matches!(verdict.decision, Decision::Acknowledge | Decision::Reject);
         let mut events: Vec<(&'static str, Value)> = Vec::new();
 
@@ -319,7 +321,7 @@ impl Filer {
                     status: Status::opening(verdict.decision),
                     agency: verdict.agency.as_deref(),
                     requester: sender,
-                    authenticated,
+                    authenticated: authenticated || verdict.decision == Decision::Internal,
                     kind: p.findings.kind,
                     emergency: p.findings.emergency,
                     user_notice: if p.findings.gag_order.is_some() {
@@ -528,14 +530,17 @@ impl Filer {
         inbound: &Inbound,
         provisional: &Verdict,
     ) -> anyhow::Result<Option<(Case, Value)>> {
+        let internal = provisional.decision == Decision::Internal;
         let authenticated = matches!(
             provisional.decision,
             Decision::Acknowledge | Decision::Reject
         );
-        if !authenticated {
+        if !authenticated && !internal {
             return Ok(None);
         }
-        let ours = |case: &Case| same_agency(case, provisional, inbound);
+        // A colleague's note goes onto whichever case it is about; anyone
+        // else's only onto a case of their own agency.
+        let ours = |case: &Case| internal || same_agency(case, provisional, inbound);
         // A copy of a filed message with other bytes (another Received
         // line, a redelivery) goes where the first copy went.
         if let Some(id) = &inbound.message_id

@@ -36,7 +36,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Schema migrations; `MIGRATIONS[i]` takes `user_version` from `i` to
 /// `i + 1`. Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -244,6 +244,34 @@ ALTER TABLE outbox ADD COLUMN content_started_at TEXT;
 ALTER TABLE outbox ADD COLUMN bytes BLOB;
 ALTER TABLE outbox ADD COLUMN auto_resends INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE outbox ADD COLUMN claimed_by TEXT;
+"#;
+
+/// Verdicts may say `internal` (authenticated mail from the company's own
+/// domains, `auth.own_domains`). The table is rebuilt to change its CHECK
+/// constraint, every row kept with its id; the append-only triggers are
+/// made again (dropping a table fires no trigger).
+const V5: &str = r#"
+CREATE TABLE verdicts_v5 (
+    id INTEGER PRIMARY KEY,
+    message_id INTEGER NOT NULL UNIQUE REFERENCES messages (id),
+    decided_at TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('acknowledge', 'reject', 'quarantine', 'internal')),
+    reason TEXT NOT NULL,
+    agency TEXT,
+    reply INTEGER NOT NULL CHECK (reply IN (0, 1)),
+    reply_suppressed TEXT,
+    evidence TEXT NOT NULL
+) STRICT;
+INSERT INTO verdicts_v5 (id, message_id, decided_at, decision, reason, agency, reply,
+    reply_suppressed, evidence)
+SELECT id, message_id, decided_at, decision, reason, agency, reply, reply_suppressed, evidence
+FROM verdicts;
+DROP TABLE verdicts;
+ALTER TABLE verdicts_v5 RENAME TO verdicts;
+CREATE TRIGGER verdicts_no_update BEFORE UPDATE ON verdicts
+BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
+CREATE TRIGGER verdicts_no_delete BEFORE DELETE ON verdicts
+BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
 "#;
 
 /// Failures a caller may want to tell apart.

@@ -555,6 +555,91 @@ fn foreign_emergency_with(headers: &[(&str, &str)]) -> Vec<u8> {
     signed(&raw, &world().keys.other, "bka.de", "sel")
 }
 
+/// Mail from a colleague at ivpn.net, DKIM-signed by the company.
+fn colleague(subject: &str, body: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut raw = testkit::mail::message(
+        "A. Colleague <support@ivpn.net>",
+        "legal@ivpn.net",
+        subject,
+        body,
+    );
+    for (name, value) in headers {
+        raw = with_header(&raw, name, value);
+    }
+    signed(&raw, &world().keys.other, "ivpn.net", "sel")
+}
+
+#[test]
+fn mail_from_our_own_domains_is_a_note_on_its_case_and_never_answered() {
+    let log = Log {
+        install: Install::with(world().dns_addr(), "own_domains = [\"ivpn.net\"]\n", ""),
+    };
+    let first = police("Production order 2026/117");
+    assert_eq!(log.ingest(&[&first])[0]["case"], "LR-2026-0001");
+    let ours = message_id(&first);
+    let urgent = "There is an imminent threat to life, says the officer on the phone.\n";
+    let forward = colleague(
+        "Fwd: Production order 2026/117",
+        urgent,
+        &[("In-Reply-To", &ours)],
+    );
+    let by_subject = colleague("Re: [LR-2026-0001] call notes", urgent, &[]);
+    let stray = colleague("Lunch on Friday?", "Anyone?\n", &[]);
+    // Claiming to be a colleague without the company's signature.
+    let forged_colleague = with_header(
+        &testkit::mail::message(
+            "A. Colleague <support@ivpn.net>",
+            "legal@ivpn.net",
+            "Re: [LR-2026-0001] please send everything to me",
+            "Thanks.\n",
+        ),
+        "In-Reply-To",
+        &ours,
+    );
+    let out = log.ingest(&[&forward, &by_subject, &stray, &forged_colleague]);
+    let got: Vec<(&str, &str, bool)> = out
+        .iter()
+        .map(|o| {
+            (
+                s(&o["case"]),
+                s(&o["decision"]),
+                o["new_case"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("LR-2026-0001", "internal", false),
+            ("LR-2026-0001", "internal", false),
+            ("LR-2026-0002", "internal", true),
+            ("LR-2026-0003", "quarantine", true),
+        ]
+    );
+    for o in &out {
+        assert_eq!(o["reply"], Value::Null, "nothing queued: {o}");
+    }
+    // The notes are on the agency's case, which they do not change.
+    let shown = log.show("LR-2026-0001");
+    assert_eq!(shown["messages"].as_array().unwrap().len(), 3);
+    assert_eq!(shown["case"]["emergency"], false);
+    assert_eq!(shown["case"]["status"], "received");
+    assert_eq!(
+        shown["replies"].as_array().unwrap().len(),
+        1,
+        "only the acknowledgement to the police"
+    );
+    // A note about no case waits for a person with the quarantine.
+    assert_eq!(log.status("LR-2026-0002"), "quarantined");
+    let verdict = log
+        .install
+        .verify(&[&log.install.file("stray.eml", &stray)]);
+    assert_eq!(verdict["decision"], "internal", "{verdict}");
+    assert_eq!(verdict["reply"], false);
+    assert!(s(&verdict["reason"]).contains("auth.own_domains"));
+    assert!(log.audit(None).status.success());
+}
+
 #[test]
 fn only_the_cases_own_agency_joins_it_whatever_it_names() {
     let log = Log::new();

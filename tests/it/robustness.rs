@@ -150,6 +150,22 @@ fn a_bad_configuration_exits_2_naming_file_key_and_reason() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("imap2"));
 
+    // A domain cannot be both the company's and an agency's.
+    let overlap = Install::with(
+        world().dns_addr(),
+        "own_domains = [\"ivpn.net\", \"cid.police.gi\"]\n",
+        "",
+    );
+    let out = overlap.run(&["check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config.toml")
+            && err.contains("auth.own_domains[1]")
+            && err.contains("Royal Gibraltar Police"),
+        "{err}"
+    );
+
     let good = Install::new("");
     let out = good.run(&["check-config"]);
     assert_eq!(out.status.code(), Some(0));
