@@ -1,12 +1,17 @@
-//! Edge: DKIM and SPF through mail-auth, DNS through hickory → [`Evidence`].
+//! Edge: DKIM through mail-auth, SPF through [`crate::spf`], DNS through
+//! hickory → [`Evidence`].
 //!
 //! This module is the only one that touches mail-auth's types; what leaves
 //! it is plain owned data in RFC 8601 words, with the DNS records each
 //! verdict rested on, so the decision stays a pure function and the case
 //! log can keep the evidence as it was at receipt.
 //!
-//! mail-auth is permissive where the policy must not be, so this module
-//! adds the hardening itself:
+//! SPF is the product's own strict RFC 7208 evaluator ([`crate::spf`]), on
+//! the same resolver and cache as DKIM: mail-auth's turned several malformed
+//! records into `pass`.
+//!
+//! mail-auth is permissive where the policy must not be, so for DKIM this
+//! module adds the hardening itself:
 //! - `rsa-sha1` signatures are refused as `policy` before any DNS work
 //!   (RFC 8301 §3.1), and RSA keys under 1024 bits give `policy`;
 //! - signatures with `l=` never pass (mail-auth's strict parse turns them
@@ -44,10 +49,9 @@ use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::dkim::{DkimError, Signature};
 use mail_auth::hickory_resolver;
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, DkimResult, DnsError, Error as AuthError, MessageAuthenticator,
-    Parameters, ResolverCache, SpfResult, Txt,
+    Parameters, ResolverCache, Txt,
 };
 use serde::Serialize;
 
@@ -55,6 +59,7 @@ use crate::config::Config;
 use crate::decide;
 use crate::domain::{DomainName, normalize_domain};
 use crate::message::{Hop, Inbound, ReturnPath};
+use crate::spf::{self, SpfResult};
 
 /// A check's outcome in the words of RFC 8601.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -705,29 +710,33 @@ impl Authenticator {
         };
         check.domain = Some(domain.to_string());
         check.reason = None;
-        let params = SpfParameters::verify_mail_from(unmapped(ip), helo, host, sender);
-        match tokio::time::timeout_at(deadline.into(), self.inner.resolver.verify_spf(params)).await
-        {
-            Ok(output) => {
-                check.result = spf_result(output.result());
-                check.reason = match check.result {
-                    AuthResult::Pass => None,
-                    other => Some(format!("SPF {} for {ip} in {domain}", other.as_str())),
-                };
-            }
-            Err(_) => {
-                check.result = AuthResult::TempError;
-                check.reason = Some("time budget for this message exhausted".into());
-                return check;
-            }
-        }
-        if check.result != AuthResult::TempError
-            && let Ok(records) = self.txt(&format!("{domain}."), deadline).await
-        {
-            check.record = records
-                .into_iter()
-                .find(|r| r.to_ascii_lowercase().starts_with("v=spf1"));
-        }
+        let dns = spf::Dns::Hickory(self.inner.resolver.resolver());
+        let input = spf::Input {
+            ip,
+            sender,
+            helo,
+            receiver: host,
+            domain: domain.as_str(),
+        };
+        let evaluated = spf::check_host(&dns, &input, deadline);
+        let Ok(outcome) = tokio::time::timeout_at(deadline.into(), evaluated).await else {
+            check.result = AuthResult::TempError;
+            check.reason = Some("time budget for this message exhausted".into());
+            return check;
+        };
+        tracing::debug!(
+            domain = %domain,
+            %ip,
+            result = outcome.result.as_str(),
+            detail = %outcome.detail,
+            "SPF evaluated"
+        );
+        check.result = spf_result(outcome.result);
+        check.reason = match check.result {
+            AuthResult::Pass => None,
+            other => Some(format!("SPF {} for {ip} in {domain}", other.as_str())),
+        };
+        check.record = outcome.record;
         check
     }
 
@@ -791,15 +800,6 @@ impl Authenticator {
                 _ => None,
             })
             .collect())
-    }
-}
-
-/// RFC 7208 §5: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, as
-/// dual-stack MTAs record IPv4 peers) is evaluated as the IPv4 address.
-fn unmapped(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
     }
 }
 

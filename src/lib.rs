@@ -14,7 +14,8 @@
 //! - [`domain`]: domain names as the policy compares them.
 //! - [`message`]: raw bytes → `Inbound`, the facts the decision needs.
 //! - [`received`]: one `Received` line read strictly: the trusted hop's HELO and client address, pure.
-//! - [`authenticate`]: DKIM and SPF through mail-auth → `Evidence`.
+//! - [`authenticate`]: DKIM through mail-auth, SPF through `spf` → `Evidence`.
+//! - [`spf`]: RFC 7208 `check_host()`, strict, over hickory or an in-memory zone.
 //! - [`decide`]: the decision table of SPEC.md, a pure function.
 //! - [`judge`]: the three above in order, shared by every command.
 //! - [`verify`]: the `verify` command's output.
@@ -63,6 +64,7 @@ pub mod process;
 pub mod received;
 pub mod reply;
 pub mod smtp;
+pub mod spf;
 pub mod store;
 pub mod triage;
 pub mod verify;

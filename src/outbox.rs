@@ -20,9 +20,9 @@
 //! | `pending` | `sending` | `reply_sending` | an attempt starts; committed before any byte goes out, naming the process |
 //! | `sending` | `sent` | `reply_sent` | the server's final reply was positive |
 //! | `sending` | `pending` | `reply_retry` | not accepted (server down, 4xx, TLS, AUTH): next try after 1, 2, 4 … minutes, at most an hour apart; or the process died before any content went out: due at once |
-//! | `sending` | `pending` | `reply_resend_auto` | the content went out and no final reply came (a dropped connection, a killed process): the same bytes are sent again, at most [`MAX_AUTO_RESENDS`] times |
+//! | `sending` | `pending` | `reply_resend_auto` | the content went out and no final reply came: the same bytes are sent again (after a dropped connection or a silent server at most [`MAX_AUTO_RESENDS`] times; after the process died, always) |
 //! | `sending` | `failed` | `reply_failed` | refused for good (5xx for this message), or still not accepted 5 days after it was queued |
-//! | `sending` | `unknown` | `reply_unknown` | as for `reply_resend_auto`, with the automatic re-sends used up |
+//! | `sending` | `unknown` | `reply_unknown` | the server left the outcome unknown again after [`MAX_AUTO_RESENDS`] re-sends |
 //! | `unknown`, `failed` | `pending` | `reply_resend` | a person ran `cases resend` |
 //!
 //! Nothing is lost and nothing is sent twice without cause. A row is
@@ -88,10 +88,12 @@ pub const SENDING_LEASE: Duration = Duration::from_secs(300);
 pub const BACKOFF_MIN: Duration = Duration::from_secs(60);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(3600);
 
-/// An attempt whose outcome cannot be known (the content went out, then
-/// the connection or the process died) is sent again by itself, with the
-/// same bytes, this many times; after that it waits for a person as
-/// `unknown`.
+/// An attempt whose outcome the server left unknown (the content went out,
+/// then the connection broke or no answer came) is sent again by itself,
+/// with the same bytes, this many times; after that it waits for a person
+/// as `unknown`, since such a server may be taking every copy. A process
+/// that died mid-send is always followed by the same bytes again: that
+/// cause is ours, not the server's.
 pub const MAX_AUTO_RESENDS: i64 = 3;
 
 /// A reply not accepted this long after it was queued (or re-queued by a
@@ -340,9 +342,8 @@ async fn with_store<T: Send + 'static>(
 /// process is gone (`process::is_gone`), or, when that cannot be told, the
 /// attempt started longer ago than [`SENDING_LEASE`]. A row whose content
 /// never started to go out delivered nothing and is due again at once; one
-/// whose content did is re-sent with the same bytes (at most
-/// [`MAX_AUTO_RESENDS`] times, then `unknown`). Returns how many rows
-/// became `unknown`.
+/// whose content did is re-sent with the same bytes. Returns how many rows
+/// became `unknown` (none today; the count is kept for the tally).
 pub async fn recover(
     store: &SharedStore,
     clock: Clock,
@@ -381,13 +382,12 @@ pub async fn recover(
                     );
                     Settled::Retry(error)
                 }
-                Some(_) if row.auto_resends < MAX_AUTO_RESENDS => Settled::Resend(format!(
+                // However often the process dies: each death is ours, not
+                // the server's, and each re-send is the same message (a
+                // crash loop is bounded by the service manager).
+                Some(_) => Settled::Resend(format!(
                     "attempt {} started at {since} stopped while the content was being sent ({how}); the server may have it, so the same message is sent again",
                     row.attempts
-                )),
-                Some(_) => Settled::Unknown(format!(
-                    "attempt {} started at {since} stopped while the content was being sent ({how}), after {} automatic re-sends; the server may or may not have the reply",
-                    row.attempts, row.auto_resends
                 )),
             };
             let status = settle(&ops, &row, &settled, &at, &at)?;

@@ -150,10 +150,14 @@ enum Fault {
 /// `Example.ORG.` are the same name. There is no `$ORIGIN` and no apex: every
 /// name is given in full, and the server is authoritative for all of them.
 ///
+/// A label may hold any visible characters DNS allows (RFC 2181 §11), such
+/// as `:`, `/`, `%` or spaces, which the RFC 7208 test suite publishes:
+/// names that hickory's host-name parser refuses are taken label by label.
+///
 /// The builder methods panic on a name or value that cannot be encoded in DNS
-/// (for example a label longer than 63 bytes), since such a zone is a bug in
-/// the test that builds it. [`Zone::parse`] reports the same problems as
-/// errors instead.
+/// (for example a label longer than 63 bytes, or an empty one), since such a
+/// zone is a bug in the test that builds it. [`Zone::parse`] reports the same
+/// problems as errors instead.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Zone {
     records: BTreeMap<Name, Vec<Data>>,
@@ -500,10 +504,19 @@ fn parse_name(name: &str) -> Result<Name, String> {
     if trimmed.is_empty() {
         return Err("empty domain name".to_owned());
     }
-    let mut parsed =
-        Name::from_ascii(trimmed).map_err(|e| format!("bad domain name {trimmed:?}: {e}"))?;
+    let mut parsed = Name::from_ascii(trimmed)
+        .or_else(|_| raw_name(trimmed))
+        .map_err(|e| format!("bad domain name {trimmed:?}: {e}"))?;
     parsed.set_fqdn(true);
     Ok(parsed.to_lowercase())
+}
+
+/// A name whose labels are taken as raw bytes, split at each `.` (one
+/// trailing dot allowed): for labels with characters that are legal in DNS
+/// but not in host names, such as `foo:bar/baz`.
+fn raw_name(name: &str) -> Result<Name, String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    Name::from_labels(name.split('.').map(str::as_bytes)).map_err(|e| e.to_string())
 }
 
 /// Splits bytes into character-strings of at most 255 bytes (an empty value
@@ -990,6 +1003,33 @@ mod tests {
 
     fn query(name: &str, rtype: RecordType) -> Query {
         Query::query(Name::from_ascii(name).unwrap(), rtype)
+    }
+
+    #[test]
+    fn labels_may_hold_any_visible_characters() {
+        let mut zone = Zone::new();
+        zone.a("Foo:Bar/baz.example.com", Ipv4Addr::new(192, 0, 2, 1))
+            .a(
+                "macro%percent  space.example.com",
+                Ipv4Addr::new(192, 0, 2, 2),
+            );
+        for (labels, addr) in [
+            (
+                &[&b"foo:bar/baz"[..], b"example", b"com"],
+                Ipv4Addr::new(192, 0, 2, 1),
+            ),
+            (
+                &[&b"macro%percent  space"[..], b"example", b"com"],
+                Ipv4Addr::new(192, 0, 2, 2),
+            ),
+        ] {
+            let name = Name::from_labels(labels.iter().copied()).unwrap();
+            let resolution = zone.resolve(&Query::query(name, RecordType::A)).unwrap();
+            assert_eq!(resolution.answers.len(), 1);
+            assert_eq!(resolution.answers[0].data, RData::A(A(addr)));
+        }
+        assert!(parse_name("a..example.com").is_err());
+        assert!(parse_name(&format!("{}.example.com", "x".repeat(64))).is_err());
     }
 
     #[test]
