@@ -343,9 +343,9 @@ fn wait_ready(child: &mut Child, port: u16, tls_port: Option<u16>) -> Result<(),
     }
 }
 
-/// SIGTERM to the master (which stops its children), a few seconds'
-/// grace, then SIGKILL.
-fn stop(child: &mut Child) {
+/// SIGTERM to a server's master process (which stops its children), a
+/// few seconds' grace, then SIGKILL. Shared with the Postfix harness.
+pub fn stop(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
