@@ -322,6 +322,7 @@ impl Store {
         )
         .with_context(|| format!("cannot open the case log {} to read", path.display()))?;
         conn.busy_timeout(READ_ONLY_BUSY_TIMEOUT)?;
+        stable_plans(&conn)?;
         let store = Store {
             conn,
             path: path.to_path_buf(),
@@ -362,6 +363,7 @@ impl Store {
 
     fn configure(&self) -> rusqlite::Result<()> {
         self.conn.busy_timeout(BUSY_TIMEOUT)?;
+        stable_plans(&self.conn)?;
         // Switching to WAL needs a moment of exclusive access; when several
         // processes open a new file at once, the losers retry, for as long
         // as any other statement would wait for a lock.
@@ -880,6 +882,21 @@ fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
 /// background checkpointer may grow before that connection checkpoints by
 /// itself: 64 MiB with 4 KiB pages.
 const WAL_BACKSTOP_PAGES: i64 = 16_384;
+
+/// Turns on SQLite's query planner stability guarantee: a statement's plan
+/// no longer depends on the values bound to it. Without it, the bundled
+/// SQLite (built with STAT4) may mark a parameter as able to change the
+/// plan, and then every new binding recompiles the cached statement on its
+/// next step: a parse and a plan for each lookup by hash or reference.
+/// The case log's queries are simple lookups through indexes chosen by
+/// their shape, so one plan per statement is the right plan.
+fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
 
 /// A thread with its own connection that runs a passive checkpoint (one
 /// that never waits for, or blocks, readers and the writer) each time it
