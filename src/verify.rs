@@ -130,12 +130,16 @@ pub fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
 
 /// Judges every file and writes the output. A file that cannot be read
 /// is reported on stderr and makes the exit status 1, after the others.
+///
+/// Each worker renders its own report, so the output is written as the
+/// results arrive, in argument order, rather than serialised in one go on
+/// one thread at the end.
 pub async fn run(judge: Judge, files: Vec<PathBuf>, json: bool) -> anyhow::Result<bool> {
     let single = files.len() == 1;
     let mut pending = VecDeque::new();
-    let mut reports = Vec::new();
     let mut all_read = true;
-    let mut stdout = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut written = 0usize;
     let mut files = files.into_iter();
     loop {
         while pending.len() < WINDOW {
@@ -145,29 +149,51 @@ pub async fn run(judge: Judge, files: Vec<PathBuf>, json: bool) -> anyhow::Resul
                 let name = path.display().to_string();
                 let raw = read_input(&path)?;
                 let j = judge.judge(&raw, &History::default()).await;
-                anyhow::Ok(Report::new(name, j))
+                let report = Report::new(name, j);
+                anyhow::Ok(if !json {
+                    report.line()
+                } else if single {
+                    serde_json::to_string_pretty(&report)?
+                } else {
+                    // One element of a pretty array: indented one level.
+                    // JSON strings hold no raw newline, so every newline
+                    // here is the formatter's.
+                    let object = serde_json::to_string_pretty(&report)?;
+                    format!("  {}", object.replace('\n', "\n  "))
+                })
             }));
         }
         let Some(task) = pending.pop_front() else {
             break;
         };
         match task.await? {
-            Ok(report) if json => reports.push(report),
-            Ok(report) => writeln!(stdout, "{}", report.line())?,
+            Ok(text) => {
+                match (json && !single, written) {
+                    (true, 0) => out.write_all(b"[\n")?,
+                    (true, _) => out.write_all(b",\n")?,
+                    (false, _) => {}
+                }
+                out.write_all(text.as_bytes())?;
+                if !json || single {
+                    out.write_all(b"\n")?;
+                }
+                written += 1;
+            }
             Err(e) => {
                 all_read = false;
+                // What is already written goes out before the complaint.
+                out.flush()?;
                 eprintln!("legal-intake: {e:#}");
             }
         }
     }
     if json {
-        if single && reports.len() == 1 {
-            serde_json::to_writer_pretty(&mut stdout, &reports[0])?;
-        } else {
-            serde_json::to_writer_pretty(&mut stdout, &reports)?;
+        match (single, written) {
+            (_, 0) => out.write_all(b"[]\n")?,
+            (true, _) => {}
+            (false, _) => out.write_all(b"\n]\n")?,
         }
-        writeln!(stdout)?;
     }
-    stdout.flush()?;
+    out.flush()?;
     Ok(all_read)
 }
