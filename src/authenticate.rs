@@ -53,138 +53,12 @@ use mail_auth::{
     AuthenticatedMessage, DkimResult, DnsError, Error as AuthError, MessageAuthenticator,
     Parameters, ResolverCache, Txt,
 };
-use serde::Serialize;
 
 use crate::config::Config;
-use crate::decide;
 use crate::domain::{DomainName, normalize_domain};
+use crate::evidence::{self, AuthResult, DkimCheck, DmarcCheck, Evidence, SpfCheck};
 use crate::message::{Hop, Inbound, ReturnPath};
 use crate::spf::{self, SpfResult};
-
-/// A check's outcome in the words of RFC 8601.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthResult {
-    Pass,
-    Fail,
-    Neutral,
-    None,
-    SoftFail,
-    TempError,
-    PermError,
-    Policy,
-}
-
-impl AuthResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthResult::Pass => "pass",
-            AuthResult::Fail => "fail",
-            AuthResult::Neutral => "neutral",
-            AuthResult::None => "none",
-            AuthResult::SoftFail => "softfail",
-            AuthResult::TempError => "temperror",
-            AuthResult::PermError => "permerror",
-            AuthResult::Policy => "policy",
-        }
-    }
-}
-
-/// What the authentication of one message found.
-#[derive(Debug, Clone, Serialize)]
-pub struct Evidence {
-    /// One entry per DKIM-Signature header examined (or refused).
-    pub dkim: Vec<DkimCheck>,
-    pub spf: SpfCheck,
-    pub dmarc: DmarcCheck,
-}
-
-/// One DKIM signature and its result.
-#[derive(Debug, Clone, Serialize)]
-pub struct DkimCheck {
-    /// The signing domain (`d=`), normalised when valid.
-    pub domain: String,
-    /// The selector (`s=`).
-    pub selector: String,
-    /// `rsa-sha256`, `ed25519-sha256`, `rsa-sha1` (refused) or `unknown`.
-    pub algorithm: &'static str,
-    pub result: AuthResult,
-    /// Why the result is not `pass`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// The key record (`selector._domainkey.domain` TXT) as fetched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_record: Option<String>,
-}
-
-/// The SPF check of the envelope sender at the trusted hop.
-#[derive(Debug, Clone, Serialize)]
-pub struct SpfCheck {
-    pub result: AuthResult,
-    /// The domain whose policy was evaluated (the envelope sender's).
-    pub domain: Option<String>,
-    /// The client address recorded by the trusted MX.
-    pub ip: Option<IpAddr>,
-    /// The HELO name recorded by the trusted MX.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub helo: Option<String>,
-    /// The envelope sender (`postmaster@HELO` for `<>`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub envelope_from: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// The `Received` line that supplied the inputs.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub received: Option<String>,
-    /// The domain's SPF record as fetched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub record: Option<String>,
-}
-
-/// DMARC-style alignment of the results with the From domain.
-#[derive(Debug, Clone, Serialize)]
-pub struct DmarcCheck {
-    /// `pass` when the From domain is authenticated by an aligned
-    /// identifier, `temperror` when a transient failure prevented it,
-    /// `fail` otherwise, `none` when there is no From domain to align.
-    pub result: AuthResult,
-    /// The published policy (`p=`) of the From domain, informational.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    /// The `_dmarc` record as fetched.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub record: Option<String>,
-}
-
-impl Evidence {
-    /// Evidence for a message that was not checked at all.
-    pub fn unchecked(reason: &str) -> Evidence {
-        Evidence {
-            dkim: Vec::new(),
-            spf: SpfCheck::none(reason),
-            dmarc: DmarcCheck {
-                result: AuthResult::None,
-                policy: None,
-                record: None,
-            },
-        }
-    }
-}
-
-impl SpfCheck {
-    fn none(reason: &str) -> SpfCheck {
-        SpfCheck {
-            result: AuthResult::None,
-            domain: None,
-            ip: None,
-            helo: None,
-            envelope_from: None,
-            reason: Some(reason.to_string()),
-            received: None,
-            record: None,
-        }
-    }
-}
 
 /// The smallest RSA key accepted (RFC 8301 §3.2).
 const MIN_RSA_BITS: usize = 1024;
@@ -285,7 +159,7 @@ impl Authenticator {
             },
         };
         if let Some(from) = from {
-            evidence.dmarc.result = decide::alignment(from, &evidence).dmarc_result();
+            evidence.dmarc.result = evidence::alignment(from, &evidence).dmarc_result();
             evidence.dmarc.record = record;
             evidence.dmarc.policy = policy;
         }
@@ -784,7 +658,7 @@ impl Authenticator {
         let lookup = match tokio::time::timeout_at(deadline.into(), lookup).await {
             Err(_) => return Err("no answer in time".to_string()),
             Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => return Ok(Vec::new()),
-            Ok(Err(e)) => return Err(crate::message::clean(&e.to_string(), 200)),
+            Ok(Err(e)) => return Err(crate::text::clean(&e.to_string(), 200)),
             Ok(Ok(lookup)) => lookup,
         };
         Ok(lookup
@@ -949,8 +823,8 @@ fn tags(value: &[u8]) -> (String, String, &'static str) {
         if let Some((k, v)) = tag.split_once('=') {
             let v: String = v.chars().filter(|c| !c.is_whitespace()).collect();
             match k.trim() {
-                "d" => d = crate::message::clean(&v.to_ascii_lowercase(), 253),
-                "s" => s = crate::message::clean(&v, 63),
+                "d" => d = crate::text::clean(&v.to_ascii_lowercase(), 253),
+                "s" => s = crate::text::clean(&v, 63),
                 "a" => {
                     a = match v.to_ascii_lowercase().as_str() {
                         "rsa-sha256" => "rsa-sha256",
@@ -1019,7 +893,7 @@ fn describe(e: &AuthError) -> String {
         }
         AuthError::Dns(DnsError::Resolver(_)) => "DNS timeout or failure fetching the key".into(),
         AuthError::Dns(DnsError::InvalidRecordType) => "key record is not a valid DKIM key".into(),
-        other => crate::message::clean(&other.to_string(), 200),
+        other => crate::text::clean(&other.to_string(), 200),
     }
 }
 

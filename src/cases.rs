@@ -44,7 +44,7 @@ pub enum Refused {
 /// invoked sudo, recorded as such: `root (sudo from alice)`. Never trusted
 /// for anything else.
 pub fn operator() -> String {
-    let clean = |s: &str| crate::message::clean(s.trim(), 64);
+    let clean = |s: &str| crate::text::clean(s.trim(), 64);
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
     let name = user_name(uid).map_or_else(|| format!("uid {uid}"), |n| clean(&n));
@@ -180,10 +180,7 @@ pub fn set(
         )
         .into());
     }
-    let note = changes
-        .note
-        .as_deref()
-        .map(|n| crate::message::clean(n, 2000));
+    let note = changes.note.as_deref().map(|n| crate::text::clean(n, 2000));
     let tx = store.begin()?;
     let ops = tx.ops();
     let case = ops.case(reference)?.ok_or(Refused::NoSuchCase(reference))?;
@@ -228,7 +225,7 @@ pub fn set_status(
     actor: &str,
     clock: Clock,
 ) -> anyhow::Result<String> {
-    let note = note.map(|n| crate::message::clean(n, 2000));
+    let note = note.map(|n| crate::text::clean(n, 2000));
     let tx = store.begin()?;
     let ops = tx.ops();
     let case = ops.case(reference)?.ok_or(Refused::NoSuchCase(reference))?;
@@ -262,7 +259,7 @@ pub fn resend(
     actor: &str,
     clock: Clock,
 ) -> anyhow::Result<Vec<String>> {
-    let note = note.map(|n| crate::message::clean(n, 2000));
+    let note = note.map(|n| crate::text::clean(n, 2000));
     let tx = store.begin()?;
     let ops = tx.ops();
     let case = ops.case(reference)?.ok_or(Refused::NoSuchCase(reference))?;

@@ -67,6 +67,47 @@ pub fn parse_date_or_instant(s: &str) -> Option<String> {
     parse_instant(s).map(stamp)
 }
 
+/// The machine's local date and hour at an instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    pub date: time::Date,
+    pub hour: u8,
+    /// The zone's IANA name (`Europe/Gibraltar`), or its offset when it
+    /// has none (a POSIX `TZ` rule).
+    pub zone: String,
+}
+
+/// The local date and hour at `now` in the machine's time zone: `TZ`
+/// when set, else `/etc/localtime` (jiff reads both itself, so this is
+/// safe in a multi-threaded process). A zone that cannot be determined is
+/// taken as UTC, with a warning.
+pub fn local(now: OffsetDateTime) -> anyhow::Result<Local> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    let tz = jiff::tz::TimeZone::try_system().unwrap_or_else(|e| {
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "cannot tell the local time zone; the digest hour is taken in UTC");
+        }
+        jiff::tz::TimeZone::UTC
+    });
+    let zoned = jiff::Timestamp::from_second(now.unix_timestamp())?.to_zoned(tz);
+    let d = zoned.date();
+    let date = time::Date::from_calendar_date(
+        i32::from(d.year()),
+        time::Month::try_from(u8::try_from(d.month())?)?,
+        u8::try_from(d.day())?,
+    )?;
+    let zone = match zoned.time_zone().iana_name() {
+        Some(name) => name.to_string(),
+        None => format!("UTC{}", zoned.offset()),
+    };
+    Ok(Local {
+        date,
+        hour: u8::try_from(zoned.hour())?,
+        zone,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

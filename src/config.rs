@@ -314,6 +314,18 @@ struct RawAgency {
 pub const DEFAULT_ACCOUNT_PATTERNS: [&str; 2] = ["i-XXXX-XXXX-XXXX", "ivpnXXXXXXXX"];
 
 impl Config {
+    /// The `notify.to` addresses with repeats (in any case) left out;
+    /// empty without `[notify]`.
+    pub fn notify_recipients(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for to in self.notify.iter().flat_map(|n| &n.to) {
+            if !out.iter().any(|o| o.eq_ignore_ascii_case(to)) {
+                out.push(to.clone());
+            }
+        }
+        out
+    }
+
     /// Reads and validates the configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

@@ -6,9 +6,9 @@
 
 use serde::Serialize;
 
-use crate::authenticate::{AuthResult, DkimCheck, Evidence};
 use crate::config::Config;
-use crate::domain::{DomainName, normalize_domain};
+use crate::domain::DomainName;
+use crate::evidence::{Alignment, Evidence, alignment};
 use crate::message::Inbound;
 
 /// The one decision each message gets.
@@ -100,108 +100,6 @@ pub struct Verdict {
     pub agency: Option<String>,
 }
 
-/// How the From domain fared against the evidence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Alignment {
-    /// An aligned DKIM signature verified.
-    Dkim(String),
-    /// SPF passed for an aligned envelope domain, with no aligned DKIM
-    /// signature that failed.
-    Spf(String),
-    /// No aligned pass, and a transient failure stopped a check that
-    /// could have given one.
-    Transient(String),
-    /// Not authenticated, with the reason.
-    No(String),
-}
-
-impl Alignment {
-    pub fn dmarc_result(&self) -> AuthResult {
-        match self {
-            Alignment::Dkim(_) | Alignment::Spf(_) => AuthResult::Pass,
-            Alignment::Transient(_) => AuthResult::TempError,
-            Alignment::No(_) => AuthResult::Fail,
-        }
-    }
-}
-
-fn aligned(from: &DomainName, domain: Option<&str>) -> bool {
-    domain
-        .and_then(normalize_domain)
-        .is_some_and(|d| d.aligned_with(from))
-}
-
-/// Applies the rules of SPEC.md "Authenticated" to the evidence.
-pub fn alignment(from: &DomainName, evidence: &Evidence) -> Alignment {
-    let aligned_dkim: Vec<&DkimCheck> = evidence
-        .dkim
-        .iter()
-        .filter(|c| aligned(from, Some(&c.domain)))
-        .collect();
-    if let Some(pass) = aligned_dkim.iter().find(|c| c.result == AuthResult::Pass) {
-        return Alignment::Dkim(format!("DKIM signature of {} verified", pass.domain));
-    }
-    // Content that claims the agency's signature but does not carry it is
-    // not outweighed by a path check.
-    let broken = aligned_dkim.iter().find(|c| {
-        matches!(
-            c.result,
-            AuthResult::Fail | AuthResult::Neutral | AuthResult::Policy | AuthResult::PermError
-        )
-    });
-    let spf = &evidence.spf;
-    let spf_aligned = aligned(from, spf.domain.as_deref());
-    let ip = spf
-        .ip
-        .map_or_else(|| "unknown address".to_string(), |ip| ip.to_string());
-    if broken.is_none() && spf_aligned && spf.result == AuthResult::Pass {
-        return Alignment::Spf(format!(
-            "SPF pass for {} from {ip}",
-            spf.domain.as_deref().unwrap_or_default()
-        ));
-    }
-    if let Some(t) = aligned_dkim
-        .iter()
-        .find(|c| c.result == AuthResult::TempError)
-    {
-        return Alignment::Transient(format!(
-            "DKIM key {}._domainkey.{} could not be fetched ({})",
-            t.selector,
-            t.domain,
-            t.reason.as_deref().unwrap_or("temporary error")
-        ));
-    }
-    if broken.is_none() && spf_aligned && spf.result == AuthResult::TempError {
-        return Alignment::Transient(format!(
-            "SPF check of {} could not complete ({})",
-            spf.domain.as_deref().unwrap_or_default(),
-            spf.reason.as_deref().unwrap_or("temporary error")
-        ));
-    }
-    let dkim_part = match broken {
-        Some(c) => format!(
-            "DKIM signature of {} {} ({})",
-            c.domain,
-            c.result.as_str(),
-            c.reason.as_deref().unwrap_or("no reason given")
-        ),
-        None if evidence.dkim.is_empty() => "no DKIM signature".to_string(),
-        None => format!("no DKIM signature aligned with {from}"),
-    };
-    let spf_part = match (&spf.domain, spf.result) {
-        (Some(d), r) if spf_aligned && broken.is_some() && r == AuthResult::Pass => {
-            format!("SPF pass for {d} not accepted over it")
-        }
-        (Some(d), r) if spf_aligned => format!("SPF {} for {d} from {ip}", r.as_str()),
-        (Some(d), r) => format!("SPF {} for unaligned envelope domain {d}", r.as_str()),
-        (None, _) => format!(
-            "no SPF evidence: {}",
-            spf.reason.as_deref().unwrap_or("none")
-        ),
-    };
-    Alignment::No(format!("{dkim_part}; {spf_part}"))
-}
-
 /// The decision table.
 pub fn decide(
     inbound: &Inbound,
@@ -284,7 +182,8 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::authenticate::{DmarcCheck, SpfCheck};
+    use crate::domain::normalize_domain;
+    use crate::evidence::{AuthResult, DkimCheck, DmarcCheck, SpfCheck};
 
     fn policy() -> Policy {
         Policy {

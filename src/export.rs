@@ -155,7 +155,7 @@ pub fn export(
         &json!({
             "manifest_sha256": sha256_hex(&bytes),
             "files": manifest.files.len(),
-            "directory": crate::message::clean(&shown, 500),
+            "directory": crate::text::clean(&shown, 500),
         }),
     )?;
     tx.commit()?;
@@ -205,7 +205,7 @@ fn attachments_of(raw: &[u8]) -> Vec<(Vec<u8>, Option<String>, String)> {
     message
         .attachments()
         .map(|a| {
-            let original = a.attachment_name().map(|n| crate::message::clean(n, 200));
+            let original = a.attachment_name().map(|n| crate::text::clean(n, 200));
             let from_name = original
                 .as_deref()
                 .and_then(|n| n.rsplit_once('.'))

@@ -128,7 +128,7 @@ pub async fn run(
             let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
             held += bytes;
             let (judge, triage) = (judge.clone(), triage.clone());
-            let source = format!("ingest:{}", crate::message::clean(&name, 200));
+            let source = format!("ingest:{}", crate::text::clean(&name, 200));
             let task = tokio::spawn(async move {
                 let raw = read_input(&path)?;
                 let sha256 = crate::audit::sha256_hex(&raw);

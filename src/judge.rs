@@ -6,9 +6,10 @@
 use serde::Serialize;
 
 use crate::audit::sha256_hex;
-use crate::authenticate::{Authenticator, Evidence};
+use crate::authenticate::Authenticator;
 use crate::config::Config;
 use crate::decide::{self, History, Policy, Verdict};
+use crate::evidence::Evidence;
 use crate::message::{self, Inbound};
 
 /// A message with everything said about it.

@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{Clock, day, stamp};
+use crate::clock::{self, Clock, day, stamp};
 use crate::decide::Decision;
 use crate::notice::DUE_WITHIN_DAYS;
 use crate::store::{DeadlineCounts, DeadlineWindow, Store};
@@ -255,7 +255,7 @@ impl CaseLog {
         let (store, clock) = (self.store.clone(), self.clock);
         let read = tokio::task::spawn_blocking(move || {
             let now = clock.now();
-            let today = crate::outbox::local(now)?.date;
+            let today = clock::local(now)?.date;
             let mut store = store
                 .lock()
                 .map_err(|_| anyhow::anyhow!("the metrics connection's lock is poisoned"))?;

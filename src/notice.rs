@@ -16,7 +16,7 @@
 //!
 //! Bodies are plain UTF-8 text wrapped at [`WIDTH`] columns, with a
 //! hanging indent for long values. Everything that came from a sender
-//! (address, subject) is cleaned again here with [`crate::message::clean`],
+//! (address, subject) is cleaned again here with [`crate::text::clean`],
 //! so nothing in it can create a header or a control character.
 
 use mail_builder::MessageBuilder;
@@ -26,7 +26,7 @@ use time::{Date, Duration, OffsetDateTime};
 
 use crate::case::{Case, Status};
 use crate::clock::parse_instant;
-use crate::message::clean;
+use crate::text::clean;
 
 /// The column at which bodies are wrapped.
 pub const WIDTH: usize = 72;

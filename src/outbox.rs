@@ -65,7 +65,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, SYSTEM_ACTOR, kind, sha256_hex};
 use crate::case::{Case, ReplyKind};
-use crate::clock::{Clock, parse_instant, stamp};
+use crate::clock::{self, Clock, parse_instant, stamp};
 use crate::config::{Config, ConfigError, DkimSigning};
 use crate::metrics::{Metrics, SendOutcome};
 use crate::notice::{self, DigestFacts, Envelope, NoticeFacts};
@@ -264,9 +264,9 @@ impl Mailer {
                 .as_ref()
                 .map(|s| s.from.clone())
                 .unwrap_or_default(),
-            notify_to: crate::pipeline::notify_recipients(config),
+            notify_to: config.notify_recipients(),
             digest_hour: config.notify.as_ref().map_or(0, |n| n.digest_hour),
-            msgid_domain: crate::pipeline::msgid_domain(config),
+            msgid_domain: crate::msgid::domain(config),
         })
     }
 
@@ -800,47 +800,6 @@ async fn record(
     .await
 }
 
-/// The machine's local date and hour at an instant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Local {
-    pub date: time::Date,
-    pub hour: u8,
-    /// The zone's IANA name (`Europe/Gibraltar`), or its offset when it
-    /// has none (a POSIX `TZ` rule).
-    pub zone: String,
-}
-
-/// The local date and hour at `now` in the machine's time zone: `TZ`
-/// when set, else `/etc/localtime` (jiff reads both itself, so this is
-/// safe in a multi-threaded process). A zone that cannot be determined is
-/// taken as UTC, with a warning.
-pub fn local(now: OffsetDateTime) -> anyhow::Result<Local> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    let tz = jiff::tz::TimeZone::try_system().unwrap_or_else(|e| {
-        if !WARNED.swap(true, Ordering::Relaxed) {
-            tracing::warn!(error = %e, "cannot tell the local time zone; the digest hour is taken in UTC");
-        }
-        jiff::tz::TimeZone::UTC
-    });
-    let zoned = jiff::Timestamp::from_second(now.unix_timestamp())?.to_zoned(tz);
-    let d = zoned.date();
-    let date = time::Date::from_calendar_date(
-        i32::from(d.year()),
-        time::Month::try_from(u8::try_from(d.month())?)?,
-        u8::try_from(d.day())?,
-    )?;
-    let zone = match zoned.time_zone().iana_name() {
-        Some(name) => name.to_string(),
-        None => format!("UTC{}", zoned.offset()),
-    };
-    Ok(Local {
-        date,
-        hour: u8::try_from(zoned.hour())?,
-        zone,
-    })
-}
-
 /// The unique key of one day's digest to one address.
 pub fn digest_key(day: &str, recipient: &str) -> String {
     format!("digest:{day}:{}", recipient.to_ascii_lowercase())
@@ -862,7 +821,7 @@ pub async fn queue_digest_if_due(
         return Ok(0);
     }
     let now = clock.now();
-    let local = local(now)?;
+    let local = clock::local(now)?;
     if local.hour < mailer.digest_hour {
         return Ok(0);
     }
@@ -890,7 +849,7 @@ pub async fn queue_digest_if_due(
         let mut queued = 0;
         for to in missing {
             let key = digest_key(&day, to);
-            let tag = crate::pipeline::fresh_tag(&[key.as_bytes()]);
+            let tag = crate::msgid::fresh_tag(now, &[key.as_bytes()]);
             let msgid = format!("<digest.{day}.{tag}@{domain}>");
             let Some(outbox) = ops.queue_digest(&NewDigest {
                 recipient: to,

@@ -39,22 +39,21 @@
 //! nothing is acknowledged before it is durable.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::audit::{self, SYSTEM_ACTOR, kind, sha256_hex};
-use crate::authenticate::Evidence;
 use crate::case::{Case, Field, Reference, ReplyKind, Status, UserNotice, references_in};
 use crate::clock::{Clock, stamp};
 use crate::config::Config;
 use crate::decide::{self, Decision, History, Policy, Verdict};
 use crate::domain::normalize_domain;
+use crate::evidence::Evidence;
 use crate::judge::Judge;
 use crate::message::Inbound;
+use crate::msgid;
 use crate::notice::{NoticeEvent, NoticeFacts};
 use crate::store::{NewCase, NewMessage, NewNotice, NewReply, NewVerdict, Ops, Store};
 use crate::triage::{Findings, RequestKind, Triage};
@@ -154,54 +153,12 @@ pub struct Filer {
     pub notify_to: Vec<String>,
 }
 
-/// The domain of the Message-IDs of everything we send: that of
-/// `smtp.from`, else the DKIM signing domain.
-pub fn msgid_domain(config: &Config) -> String {
-    config
-        .smtp
-        .as_ref()
-        .and_then(|s| crate::message::parse_address_header(&s.from))
-        .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_string()))
-        .or_else(|| config.dkim_signing.as_ref().map(|d| d.domain.clone()))
-        .unwrap_or_else(|| "legal-intake.invalid".to_string())
-}
-
-/// The `notify.to` addresses with repeats (in any case) left out.
-pub fn notify_recipients(config: &Config) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for to in config.notify.iter().flat_map(|n| &n.to) {
-        if !out.iter().any(|o| o.eq_ignore_ascii_case(to)) {
-            out.push(to.clone());
-        }
-    }
-    out
-}
-
-/// A fresh tag for a Message-ID: unique because `parts` name what it is
-/// for (a request's bytes are filed once, a digest's day and address are
-/// queued once), fresh because it mixes in the time and process.
-pub fn fresh_tag(parts: &[&[u8]]) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p);
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    h.update(nanos.to_le_bytes());
-    h.update(std::process::id().to_le_bytes());
-    h.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    hex::encode(h.finalize())[..24].to_string()
-}
-
 impl Filer {
     pub fn new(config: &Config) -> Filer {
         Filer {
             policy: Policy::from_config(config),
-            reply_domain: msgid_domain(config),
-            notify_to: notify_recipients(config),
+            reply_domain: msgid::domain(config),
+            notify_to: config.notify_recipients(),
         }
     }
 
@@ -405,7 +362,7 @@ impl Filer {
         // 7. The reply.
         let mut queued = None;
         if let (true, Some(kind), Some(recipient)) = (verdict.reply, reply_kind, sender) {
-            let msgid = self.reply_msgid(case.reference, &inbound.sha256, kind);
+            let msgid = self.reply_msgid(now, case.reference, &inbound.sha256, kind);
             let outbox = ops.queue_reply(&NewReply {
                 case_id: case.id,
                 message_id,
@@ -471,7 +428,8 @@ impl Filer {
             let payload_sha256 = sha256_hex(payload.as_bytes());
             for to in &self.notify_to {
                 let in_reply_to = ops.first_notice(case.id, to)?;
-                let tag = fresh_tag(&[inbound.sha256.as_bytes(), b"notice", to.as_bytes()]);
+                let tag =
+                    msgid::fresh_tag(now, &[inbound.sha256.as_bytes(), b"notice", to.as_bytes()]);
                 let msgid = format!("<{}.notice.{tag}@{}>", case.reference, self.reply_domain);
                 let outbox = ops.queue_notice(&NewNotice {
                     case_id: case.id,
@@ -571,9 +529,15 @@ impl Filer {
         Ok(None)
     }
 
-    /// A new Message-ID for a reply (see [`fresh_tag`]).
-    fn reply_msgid(&self, reference: Reference, request_sha256: &str, kind: ReplyKind) -> String {
-        let tag = fresh_tag(&[request_sha256.as_bytes(), kind.as_str().as_bytes()]);
+    /// A new Message-ID for a reply (see [`msgid::fresh_tag`]).
+    fn reply_msgid(
+        &self,
+        now: OffsetDateTime,
+        reference: Reference,
+        request_sha256: &str,
+        kind: ReplyKind,
+    ) -> String {
+        let tag = msgid::fresh_tag(now, &[request_sha256.as_bytes(), kind.as_str().as_bytes()]);
         format!("<{reference}.{tag}@{}>", self.reply_domain)
     }
 }

@@ -117,7 +117,7 @@ pub fn parse(value: &str) -> Hop {
         .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
         .collect();
     let mut hop = Hop {
-        raw: crate::message::clean(&unfolded, 2000),
+        raw: crate::text::clean(&unfolded, 2000),
         by: None,
         by_hosts: Vec::new(),
         helo: None,
@@ -193,7 +193,7 @@ fn from_clause(tokens: &[Token], by: usize) -> Result<Option<(String, IpAddr)>, 
     if !is_valid_helo(helo) {
         return Err(format!(
             "HELO `{}` is neither a domain name nor an address literal",
-            crate::message::clean(helo, 80)
+            crate::text::clean(helo, 80)
         ));
     }
     let ip = match info.ip {
@@ -221,7 +221,7 @@ fn tcp_info(text: &str) -> Result<TcpInfo, String> {
     let refuse = || {
         Err(format!(
             "the client comment `({})` is not one an MTA writes",
-            crate::message::clean(text, 120)
+            crate::text::clean(text, 120)
         ))
     };
     let mut text = text.trim();

@@ -7,7 +7,7 @@
 //! missing template folder never silences the daemon. The filled text is
 //! plain UTF-8, wrapped at [`WIDTH`] columns (see [`wrap`]). Everything copied
 //! from the request (its subject) has already been through
-//! [`crate::message::clean`] and is cleaned again here, so nothing a
+//! [`crate::text::clean`] and is cleaned again here, so nothing a
 //! sender writes can create or alter a header of the reply.
 
 use std::path::Path;
@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
 pub use crate::case::ReplyKind;
-use crate::message::clean;
+use crate::text::clean;
 
 /// The headquarters address where the hard copy must be served.
 pub const HEADQUARTERS: &str = "    IVPN Limited\n    5 Secretary's lane\n    GX11 1AA, Gibraltar";

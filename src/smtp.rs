@@ -478,7 +478,7 @@ fn reply_text<'a>(code: String, lines: impl Iterator<Item = &'a str>) -> String 
 
 /// Server text as one bounded line (it goes into logs and events).
 fn one_line(s: &str) -> String {
-    crate::message::clean(s, 300)
+    crate::text::clean(s, 300)
 }
 
 /// The name given in EHLO: this host's name as the kernel knows it, or an

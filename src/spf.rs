@@ -298,7 +298,7 @@ impl Dns<'_> {
                         response_code: ResponseCode::NXDomain | ResponseCode::NoError,
                         ..
                     })))) => Ok(Vec::new()),
-                    Ok(Err(e)) => Err(crate::message::clean(
+                    Ok(Err(e)) => Err(crate::text::clean(
                         &format!("DNS error for {name}: {e}"),
                         200,
                     )),

@@ -563,7 +563,7 @@ fn text_of(raw: &[u8]) -> (String, Vec<String>, bool) {
         .attachments()
         .filter_map(|a| a.attachment_name())
         .take(MAX_ATTACHMENTS)
-        .map(|n| crate::message::clean(n, 200))
+        .map(|n| crate::text::clean(n, 200))
         .collect();
     (text, attachments, truncated)
 }

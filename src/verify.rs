@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::authenticate::{AuthResult, DkimCheck};
 use crate::decide::{Decision, History};
+use crate::evidence::{AuthResult, DkimCheck};
 use crate::judge::{Judge, Judgement};
 
 /// Messages in flight at once.
