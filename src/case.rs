@@ -363,6 +363,23 @@ impl Case {
     }
 }
 
+/// A date setting on the command line: a date (`2026-12-01`) or RFC 3339
+/// instant, or `none` to clear the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DateSetting(pub Option<String>);
+
+/// Parses a [`DateSetting`] (for clap).
+pub fn parse_date_setting(s: &str) -> Result<DateSetting, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(DateSetting(None));
+    }
+    crate::clock::parse_date_or_instant(s)
+        .map(|d| DateSetting(Some(d)))
+        .ok_or_else(|| {
+            format!("`{s}` is not a date such as 2026-12-01, an RFC 3339 time, or `none`")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::case::{Reference, Status, UserNotice};
-use crate::cases::{self, DateSetting};
+use crate::case::{self, DateSetting, Reference, Status, UserNotice};
 use crate::config;
 use crate::triage::RequestKind;
 
@@ -116,16 +115,16 @@ pub enum CasesCommand {
         #[arg(value_name = "ID", value_parser = parse_reference)]
         id: Reference,
         /// When the duplicate hard copy was served in person (`none` clears).
-        #[arg(long, value_name = "DATE", value_parser = cases::parse_date_setting)]
+        #[arg(long, value_name = "DATE", value_parser = case::parse_date_setting)]
         hard_copy_served: Option<DateSetting>,
         /// Whether the user may be notified under the legal process.
         #[arg(long, value_name = "permitted|prohibited|unknown", value_parser = parse_user_notice)]
         user_notice: Option<UserNotice>,
         /// Until when notice is prohibited (with `--user-notice prohibited`).
-        #[arg(long, value_name = "DATE", value_parser = cases::parse_date_setting, requires = "user_notice")]
+        #[arg(long, value_name = "DATE", value_parser = case::parse_date_setting, requires = "user_notice")]
         until: Option<DateSetting>,
         /// The response deadline (`none` clears).
-        #[arg(long, value_name = "DATE", value_parser = cases::parse_date_setting)]
+        #[arg(long, value_name = "DATE", value_parser = case::parse_date_setting)]
         deadline: Option<DateSetting>,
         /// Correct the request kind read by triage.
         #[arg(long, value_name = "KIND", value_parser = parse_kind)]

@@ -10,50 +10,56 @@
 //! `pipeline` is the one place that orders the side effects of filing a
 //! message; `store` is the one module with SQL.
 //!
-//! - [`config`]: the TOML file, validated once into a `Config`.
+//! The modules, by layer:
+//!
+//! Pure core (no network, database, clock or environment):
 //! - [`domain`]: domain names as the policy compares them.
+//! - [`text`]: header text made safe to store, log and show.
 //! - [`message`]: raw bytes → `Inbound`, the facts the decision needs.
-//! - [`received`]: one `Received` line read strictly: the trusted hop's HELO and client address, pure.
-//! - [`authenticate`]: DKIM through mail-auth, SPF through `spf` → `Evidence`.
-//! - [`spf`]: RFC 7208 `check_host()`, strict, over hickory or an in-memory zone.
-//! - [`decide`]: the decision table of SPEC.md, a pure function.
-//! - [`judge`]: the three above in order, shared by every command.
-//! - [`verify`]: the `verify` command's output.
-//! - [`logging`]: journald, JSON or text log lines.
-//! - [`triage`]: request kind, emergency flag and identifiers read from the text, pure.
-//! - [`check`]: `check-config --connect`: IMAP, SMTP and DNS tried, one line each.
-//! - [`cli`]: the command line's clap definitions (also used for the man page).
-//! - [`clock`]: the stored form of times, and the clock passed down from `main`.
+//! - [`received`]: one `Received` line read strictly: the trusted hop's HELO and client address.
+//! - [`evidence`]: what authentication found, and its alignment with the From domain.
+//! - [`decide`]: the decision table of SPEC.md.
+//! - [`triage`]: request kind, emergency flag and identifiers read from the text.
 //! - [`case`]: references, statuses and their transitions, the case record.
+//! - [`reply`]: a queued reply rendered from its template.
+//! - [`notice`]: the legal team's notices and daily digest: facts and rendering.
+//!
+//! Edges:
+//! - [`config`]: the TOML file, validated once into a `Config`.
+//! - [`clock`]: the stored form of times, and the clock passed down from `main`.
+//! - [`authenticate`]: DKIM through mail-auth, SPF through `spf`, over hickory → `Evidence`.
+//! - [`spf`]: RFC 7208 `check_host()`, strict, over hickory or an in-memory zone.
 //! - [`store`]: the SQLite case log: schema, migrations, every SQL statement.
-//! - [`audit`]: the tamper-evident hash chain of events and `audit verify`.
+//! - [`imap`]: connect, IDLE/poll, fetch, move.
+//! - [`smtp`]: one transaction per reply, and what its failure means.
+//! - [`process`]: this process as `pid:start time`, and whether another still runs.
+//! - [`logging`]: journald, JSON or text log lines.
+//!
+//! The message's way through:
+//! - [`judge`]: parse → authenticate → decide, shared by every command.
 //! - [`pipeline`]: a judged message filed: threading, history, decision, case, reply, events.
-//! - [`ingest`]: the `ingest` command: concurrent judging, batched filing.
-//! - [`cases`]: the legal team's `cases list|show|set-status|set` commands.
-//! - [`export`]: `cases export`, the evidence bundle with its manifest.
-//! - [`daemon`]: `run`: passes over the mailbox, IDLE, reconnection, signals, systemd.
-//! - [`metrics`]: `run`'s optional Prometheus endpoint: counters, case-log gauges, a tiny HTTP server.
-//! - [`imap`]: the IMAP edge: connect, IDLE/poll, fetch, move.
-//! - [`reply`]: a queued reply rendered from its template, pure.
-//! - [`notice`]: the legal team's notices and daily digest: facts and rendering, pure.
+//! - [`audit`]: the tamper-evident hash chain of events and `audit verify`.
+//! - [`msgid`]: the Message-IDs of what we send.
 //! - [`outbox`]: the outgoing queue: claim, render, sign, send, record; retries and `unknown`.
-//! - [`smtp`]: the SMTP edge: one transaction per reply, and what its failure means.
+//! - [`daemon`]: `run`: passes over the mailbox, IDLE, reconnection, signals, systemd.
+//! - [`metrics`]: `run`'s optional Prometheus endpoint.
+//!
+//! Commands:
+//! - [`cli`]: the command line's clap definitions (also used for the man page).
+//! - [`cmd`]: each command's set-up and output, and its exit status.
 
 pub mod audit;
 pub mod authenticate;
 pub mod case;
-pub mod cases;
-pub mod check;
 pub mod cli;
 pub mod clock;
+pub mod cmd;
 pub mod config;
 pub mod daemon;
 pub mod decide;
 pub mod domain;
 pub mod evidence;
-pub mod export;
 pub mod imap;
-pub mod ingest;
 pub mod judge;
 pub mod logging;
 pub mod message;
@@ -70,4 +76,3 @@ pub mod spf;
 pub mod store;
 pub mod text;
 pub mod triage;
-pub mod verify;

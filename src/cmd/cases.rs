@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::audit::{self, kind};
-use crate::case::{Case, Field, Reference, Status, UserNotice};
+use crate::case::{Case, DateSetting, Field, Reference, Status, UserNotice};
 use crate::clock::{self, Clock};
 use crate::store::{EventRow, MessageRow, ReplyRow, Store, VerdictRow};
 use crate::triage::RequestKind;
@@ -77,23 +77,6 @@ fn user_name(uid: libc::uid_t) -> Option<String> {
         let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
         return Some(name.to_string_lossy().into_owned()).filter(|n| !n.is_empty());
     }
-}
-
-/// A date setting on the command line: a date (`2026-12-01`) or RFC 3339
-/// instant, or `none` to clear the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DateSetting(pub Option<String>);
-
-/// Parses a [`DateSetting`] (for clap).
-pub fn parse_date_setting(s: &str) -> Result<DateSetting, String> {
-    if s.trim().eq_ignore_ascii_case("none") {
-        return Ok(DateSetting(None));
-    }
-    clock::parse_date_or_instant(s)
-        .map(|d| DateSetting(Some(d)))
-        .ok_or_else(|| {
-            format!("`{s}` is not a date such as 2026-12-01, an RFC 3339 time, or `none`")
-        })
 }
 
 /// The changes `cases set` asks for.

@@ -6,11 +6,10 @@
 //! arguments; at most [`WINDOW`] messages are held in memory at once.
 
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use serde::Serialize;
 
 use crate::decide::{Decision, History};
@@ -115,19 +114,6 @@ impl Report {
     }
 }
 
-/// Reads a message file; `-` is standard input.
-pub fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
-    if path.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .context("cannot read standard input")?;
-        Ok(buf)
-    } else {
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-    }
-}
-
 /// Judges every file and writes the output. A file that cannot be read
 /// is reported on stderr and makes the exit status 1, after the others.
 ///
@@ -147,7 +133,7 @@ pub async fn run(judge: Judge, files: Vec<PathBuf>, json: bool) -> anyhow::Resul
             let judge = judge.clone();
             pending.push_back(tokio::spawn(async move {
                 let name = path.display().to_string();
-                let raw = read_input(&path)?;
+                let raw = super::read_input(&path)?;
                 let j = judge.judge(&raw, &History::default()).await;
                 let report = Report::new(name, j);
                 anyhow::Ok(if !json {

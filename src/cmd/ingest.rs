@@ -19,12 +19,12 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
+use crate::cmd::read_input;
 use crate::config::Config;
 use crate::judge::Judge;
 use crate::pipeline::{Filer, Filing, Outcome, Prepared};
 use crate::store::Store;
 use crate::triage::Triage;
-use crate::verify::read_input;
 
 /// Messages being examined at once.
 const WINDOW: usize = 256;
