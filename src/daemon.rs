@@ -30,7 +30,7 @@
 //! and keeps the old one when the new one is invalid.
 //!
 //! With `[metrics]`, `run` (not `--once`) also serves `GET /metrics` from
-//! a task of its own (`metrics::serve`) with a read-only connection to
+//! a task of its own (`metrics::server::serve`) with a read-only connection to
 //! the case log; the counters are bumped here and in `outbox` where the
 //! log lines are written.
 
@@ -49,7 +49,7 @@ use crate::config::Config;
 use crate::decide::Decision;
 use crate::imap::{self, Capability, IdleOutcome, ImapError, Session};
 use crate::judge::Judge;
-use crate::metrics::{self, CaseLog, Metrics};
+use crate::metrics::{self, FigureReader, Metrics};
 use crate::outbox::{self, Mailer, SharedStore};
 use crate::pipeline::{Filer, Filing, Prepared, log_outcome};
 use crate::store::Store;
@@ -162,9 +162,9 @@ pub async fn run(
     // log exists by now (opened above), so its read-only connection opens.
     let endpoint = match (&config.metrics, once) {
         (Some(m), false) => {
-            let listener = metrics::bind(m).await?;
+            let listener = metrics::server::bind(m).await?;
             let path = config.store.database.clone();
-            let log = tokio::task::spawn_blocking(move || CaseLog::open(&path, clock))
+            let log = tokio::task::spawn_blocking(move || FigureReader::open(&path, clock))
                 .await?
                 .context("cannot open the case log for the metrics endpoint")?;
             // Bound to loopback, only loopback `Host`s are answered
@@ -206,7 +206,7 @@ pub async fn run(
             metrics.clone(),
         ));
         let server = endpoint.map(|(listener, log, any_host)| {
-            tokio::spawn(metrics::serve(
+            tokio::spawn(metrics::server::serve(
                 listener,
                 metrics.clone(),
                 log,

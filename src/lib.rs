@@ -40,6 +40,7 @@
 //! - [`pipeline`]: a judged message filed: threading, history, decision, case, reply, events.
 //! - [`audit`]: the tamper-evident hash chain of events and `audit verify`.
 //! - [`msgid`]: the Message-IDs of what we send.
+//! - [`signer`]: the DKIM signature on what we send, its key loaded once.
 //! - [`outbox`]: the outgoing queue: claim, render, sign, send, record; retries and `unknown`.
 //! - [`daemon`]: `run`: passes over the mailbox, IDLE, reconnection, signals, systemd.
 //! - [`metrics`]: `run`'s optional Prometheus endpoint.
@@ -71,6 +72,7 @@ pub mod pipeline;
 pub mod process;
 pub mod received;
 pub mod reply;
+pub mod signer;
 pub mod smtp;
 pub mod spf;
 pub mod store;

@@ -54,11 +54,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
-use mail_auth::common::headers::HeaderWriter;
-use mail_auth::dkim::{DkimSigner, Done};
-use rustls_pki_types::PrivateKeyDer;
-use rustls_pki_types::pem::PemObject;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -66,11 +61,12 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::{self, SYSTEM_ACTOR, kind, sha256_hex};
 use crate::case::{Case, ReplyKind};
 use crate::clock::{self, Clock, parse_instant, stamp};
-use crate::config::{Config, ConfigError, DkimSigning};
+use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, SendOutcome};
 use crate::notice::{self, DigestFacts, Envelope, NoticeFacts};
 use crate::process;
 use crate::reply::{self, Reply, Templates};
+use crate::signer::Signer;
 use crate::smtp::{self, Delivery};
 use crate::store::{AttemptEnd, NewDigest, ReplyRow, Store};
 
@@ -103,105 +99,8 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
 /// How often the daemon looks for retries that have become due.
 pub const WAKE_EVERY: Duration = Duration::from_secs(60);
 
-/// The header fields a reply's DKIM signature covers.
-const SIGNED_HEADERS: [&str; 11] = [
-    "From",
-    "To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "In-Reply-To",
-    "References",
-    "Auto-Submitted",
-    "MIME-Version",
-    "Content-Type",
-    "Content-Transfer-Encoding",
-];
-
 /// The case log as the daemon shares it between tasks.
 pub type SharedStore = Arc<Mutex<Store>>;
-
-/// The DKIM signer for replies, its key loaded once.
-pub struct Signer {
-    signer: DkimSigner<DkimKey, Done>,
-    /// `d=` and `s=`, for the audit events.
-    pub domain: String,
-    pub selector: String,
-}
-
-impl std::fmt::Debug for Signer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer")
-            .field("domain", &self.domain)
-            .field("selector", &self.selector)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Signer {
-    /// Loads `dkim_signing.private_key_file`: RSA in PKCS#1 (`BEGIN RSA
-    /// PRIVATE KEY`) or PKCS#8 (`BEGIN PRIVATE KEY`), Ed25519 in PKCS#8.
-    /// The error says what is wrong with the file, never what is in it.
-    pub fn load(cfg: &DkimSigning) -> Result<Signer, String> {
-        let path = &cfg.private_key_file;
-        let pem =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let key = match PrivateKeyDer::from_pem_slice(&pem) {
-            Ok(PrivateKeyDer::Pkcs1(der)) => {
-                RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs1(der))
-                    .map(DkimKey::from)
-                    .map_err(|e| format!("{}: not a usable RSA key: {e}", path.display()))?
-            }
-            Ok(PrivateKeyDer::Pkcs8(der)) => {
-                match RsaKey::<Sha256>::from_key_der(PrivateKeyDer::Pkcs8(der.clone_key())) {
-                    Ok(rsa) => DkimKey::from(rsa),
-                    Err(rsa_error) => Ed25519Key::from_pkcs8_maybe_unchecked_der(
-                        der.secret_pkcs8_der(),
-                    )
-                    .map(DkimKey::from)
-                    .map_err(|_| {
-                        format!(
-                            "{}: a PKCS#8 key that is neither a usable RSA key ({rsa_error}) nor an Ed25519 key",
-                            path.display()
-                        )
-                    })?,
-                }
-            }
-            Ok(_) => {
-                return Err(format!(
-                    "{}: not an RSA or Ed25519 key (DKIM signs with those only)",
-                    path.display()
-                ));
-            }
-            Err(_) => {
-                return Err(format!(
-                    "{}: no PEM private key (expected BEGIN PRIVATE KEY or BEGIN RSA PRIVATE KEY)",
-                    path.display()
-                ));
-            }
-        };
-        let signer = DkimSigner::from_key(key)
-            .domain(cfg.domain.clone())
-            .selector(cfg.selector.clone())
-            .headers(SIGNED_HEADERS);
-        Ok(Signer {
-            signer,
-            domain: cfg.domain.clone(),
-            selector: cfg.selector.clone(),
-        })
-    }
-
-    /// The message with its `DKIM-Signature` header prepended.
-    pub fn sign(&self, message: &[u8]) -> anyhow::Result<Vec<u8>> {
-        let signature = self
-            .signer
-            .sign(message)
-            .map_err(|e| anyhow::anyhow!("DKIM signing failed: {e}"))?;
-        let mut out = signature.to_header().into_bytes();
-        out.extend_from_slice(message);
-        Ok(out)
-    }
-}
 
 /// Everything needed to turn a queued row into a sent message; built from
 /// the configuration at start and on SIGHUP.

@@ -11,8 +11,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use legal_intake::config::DkimSigning;
-use legal_intake::outbox::Signer;
 use legal_intake::reply::{self, Reply, ReplyKind, Templates};
+use legal_intake::signer::Signer;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use rusqlite::Connection;
 use testkit::dkim::{KeyKind, TestKey, generate};
