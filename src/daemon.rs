@@ -585,7 +585,7 @@ impl Daemon {
     async fn committed(&mut self, f: InFlight, tally: &mut Tally) -> Result<Moves, ImapError> {
         let mut moves = Moves::default();
         for (uid, decision) in &f.already {
-            moves.add(*uid, decision);
+            moves.add(*uid, *decision);
         }
         if let Some(task) = f.task {
             let outcomes = task
@@ -602,7 +602,7 @@ impl Daemon {
                     }
                 };
                 log_outcome(Some(uid), &outcome, Some(ms));
-                self.metrics.message(&outcome.decision);
+                self.metrics.message(outcome.decision);
                 match outcome.filing {
                     Filing::Deferred => {
                         tally.deferred += 1;
@@ -618,7 +618,7 @@ impl Daemon {
                             tally.filed += 1;
                         }
                         self.retry_after.remove(&outcome.sha256);
-                        moves.add(uid, &outcome.decision);
+                        moves.add(uid, outcome.decision);
                     }
                 }
             }
@@ -689,7 +689,7 @@ impl Daemon {
 
 /// A fetched batch whose messages are being judged, each by a task.
 struct Judging {
-    already: Vec<(u32, String)>,
+    already: Vec<(u32, Decision)>,
     examine: Vec<(u32, tokio::task::JoinHandle<Prepared>)>,
     started: Instant,
 }
@@ -719,7 +719,7 @@ impl Judging {
 /// A fetched batch, judged, not yet filed.
 struct Judged {
     /// Messages whose bytes are filed already, with their decision.
-    already: Vec<(u32, String)>,
+    already: Vec<(u32, Decision)>,
     /// The UIDs of `items`, in the same order.
     uids: Vec<u32>,
     items: Vec<Prepared>,
@@ -729,7 +729,7 @@ struct Judged {
 
 /// A batch whose commit is under way on a blocking thread.
 struct InFlight {
-    already: Vec<(u32, String)>,
+    already: Vec<(u32, Decision)>,
     uids: Vec<u32>,
     /// `None` when there was nothing to file.
     task: Option<
@@ -767,8 +767,8 @@ struct Moves {
 }
 
 impl Moves {
-    fn add(&mut self, uid: u32, decision: &str) {
-        if decision == Decision::Quarantine.as_str() {
+    fn add(&mut self, uid: u32, decision: Decision) {
+        if decision == Decision::Quarantine {
             self.quarantine.push(uid);
         } else {
             self.processed.push(uid);

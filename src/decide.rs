@@ -4,7 +4,7 @@
 //! clock, no environment: everything the decision depends on is a
 //! parameter, so every row of the table is a unit test.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::domain::DomainName;
@@ -12,7 +12,7 @@ use crate::evidence::{Alignment, Evidence, alignment};
 use crate::message::Inbound;
 
 /// The one decision each message gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
     Acknowledge,
@@ -25,6 +25,15 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// Every decision, in the order the metrics list them.
+    pub const ALL: [Decision; 5] = [
+        Decision::Acknowledge,
+        Decision::Reject,
+        Decision::Quarantine,
+        Decision::Defer,
+        Decision::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Decision::Acknowledge => "acknowledge",
@@ -33,6 +42,24 @@ impl Decision {
             Decision::Defer => "defer",
             Decision::Internal => "internal",
         }
+    }
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Decision {
+    type Err = String;
+
+    /// The stored word (`verdicts.decision`) back into a decision.
+    fn from_str(s: &str) -> Result<Decision, String> {
+        Decision::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| format!("`{s}` is not a decision"))
     }
 }
 

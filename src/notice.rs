@@ -26,6 +26,7 @@ use time::{Date, Duration, OffsetDateTime};
 
 use crate::case::{Case, Status};
 use crate::clock::parse_instant;
+use crate::decide::Decision;
 use crate::text::clean;
 
 /// The column at which bodies are wrapped.
@@ -62,7 +63,7 @@ pub struct NoticeFacts {
     /// The allowlisted agency of the case.
     pub agency: Option<String>,
     /// This message's decision and its one-line reason.
-    pub decision: String,
+    pub decision: Decision,
     pub reason: String,
     /// The case's request kind and emergency flag after the filing.
     pub kind: String,
@@ -266,7 +267,7 @@ pub fn notice_subject(f: &NoticeFacts) -> String {
     format!(
         "[{}] {flag}{what}: {} — {agency}",
         clean(&f.reference, 40),
-        clean(&f.decision, 40)
+        f.decision.as_str()
     )
 }
 
@@ -304,7 +305,7 @@ pub fn notice_body(f: &NoticeFacts) -> String {
             200,
         ),
     );
-    field(&mut out, "Decision", &clean(&f.decision, 40));
+    field(&mut out, "Decision", f.decision.as_str());
     field(&mut out, "Reason", &clean(&f.reason, 1000));
     field(&mut out, "Kind", &clean(&f.kind, 40).replace('_', " "));
     field(
@@ -613,7 +614,7 @@ mod tests {
             reference: "LR-2026-0042".into(),
             status: "received".into(),
             agency: Some("Royal Gibraltar Police".into()),
-            decision: "acknowledge".into(),
+            decision: Decision::Acknowledge,
             reason: "DKIM pass for police.gi, aligned with the From domain police.gi; Royal Gibraltar Police is on the allowlist".into(),
             kind: "search_warrant".into(),
             emergency,
@@ -662,7 +663,7 @@ mod tests {
         }
         let mut f = facts(NoticeEvent::NewCase, false);
         f.agency = None;
-        f.decision = "quarantine".into();
+        f.decision = Decision::Quarantine;
         assert_eq!(
             notice_subject(&f),
             "[LR-2026-0042] New case: quarantine — no agency"

@@ -125,7 +125,7 @@ pub struct Outcome {
     pub sha256: String,
     /// The case the message is filed on (`None` when deferred).
     pub case: Option<Reference>,
-    pub decision: String,
+    pub decision: Decision,
     pub filing: Filing,
     /// Whether filing it opened the case.
     pub new_case: bool,
@@ -239,7 +239,7 @@ impl Filer {
             return Ok(Outcome {
                 sha256: inbound.sha256.clone(),
                 case: None,
-                decision: Decision::Defer.as_str().to_string(),
+                decision: Decision::Defer,
                 filing: Filing::Deferred,
                 new_case: false,
                 reply: None,
@@ -410,7 +410,7 @@ impl Filer {
                 reference: now_case.reference.to_string(),
                 status: now_case.status.as_str().to_string(),
                 agency: now_case.agency.clone(),
-                decision: verdict.decision.as_str().to_string(),
+                decision: verdict.decision,
                 reason: verdict.reason.clone(),
                 kind: now_case.kind.as_str().to_string(),
                 emergency: now_case.emergency,
@@ -464,7 +464,7 @@ impl Filer {
         Ok(Outcome {
             sha256: inbound.sha256.clone(),
             case: Some(case.reference),
-            decision: verdict.decision.as_str().to_string(),
+            decision: verdict.decision,
             filing: Filing::New,
             new_case: joined.is_none(),
             reply: queued,

@@ -21,6 +21,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use serde::Serialize;
 
 use crate::case::{Case, Field, Reference, ReplyKind, Status, UserNotice};
+use crate::decide::Decision;
 use crate::triage::RequestKind;
 
 /// How long a statement waits for another process's write lock.
@@ -530,7 +531,10 @@ impl Snapshot<'_> {
 pub struct Filed {
     pub message_id: i64,
     pub case: Reference,
-    pub decision: String,
+    /// The verdict's decision. A filing whose verdict is missing or not a
+    /// decision (only a hand-edited log has one) counts as quarantined, so
+    /// its message goes where a person looks.
+    pub decision: Decision,
 }
 
 /// A case opened by the pipeline.
@@ -980,7 +984,9 @@ impl Ops<'_> {
                 case: reference
                     .parse()
                     .unwrap_or(Reference { year: 0, number: 0 }),
-                decision: decision.unwrap_or_default(),
+                decision: decision
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(Decision::Quarantine),
             }))
     }
 
