@@ -67,6 +67,18 @@ pub fn parse_date_or_instant(s: &str) -> Option<String> {
     parse_instant(s).map(stamp)
 }
 
+/// The wait after `failures` failures in a row (1 for the first): `min`,
+/// twice as long after each further one, at most `max`. The one backoff
+/// of the product: IMAP reconnections and reply retries.
+pub fn backoff(
+    failures: u32,
+    min: std::time::Duration,
+    max: std::time::Duration,
+) -> std::time::Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    min.saturating_mul(1 << doublings).min(max)
+}
+
 /// The machine's local date and hour at an instant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Local {
@@ -111,6 +123,15 @@ pub fn local(now: OffsetDateTime) -> anyhow::Result<Local> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        use std::time::Duration;
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(300));
+        let waits: Vec<u64> = (0..12).map(|n| backoff(n, min, max).as_secs()).collect();
+        assert_eq!(waits, [1, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff(u32::MAX, min, max), max);
+    }
 
     #[test]
     fn stamps_are_fixed_width_utc() {

@@ -50,9 +50,9 @@ use crate::decide::Decision;
 use crate::imap::{self, Capability, IdleOutcome, ImapError, Session};
 use crate::judge::Judge;
 use crate::metrics::{self, FigureReader, Metrics};
-use crate::outbox::{self, Mailer, SharedStore};
+use crate::outbox::{self, Mailer};
 use crate::pipeline::{Filer, Filing, Prepared, log_outcome};
-use crate::store::Store;
+use crate::store::{SharedStore, Store};
 use crate::triage::Triage;
 
 /// Messages fetched, judged, filed and moved together: at most this many
@@ -105,10 +105,10 @@ struct Tally {
 struct Daemon {
     setup: Setup,
     config_path: PathBuf,
-    store: Arc<Mutex<Store>>,
+    store: SharedStore,
     /// A read-only connection for the "filed already?" look-ups, which
     /// then never wait for the batch being committed.
-    reader: Arc<Mutex<Store>>,
+    reader: SharedStore,
     clock: Clock,
     cancel: CancellationToken,
     /// Deferred messages are retried with their own backoff, so that a
@@ -181,13 +181,13 @@ pub async fn run(
     let mut daemon = Daemon {
         setup,
         config_path,
-        store: Arc::new(Mutex::new(store)),
-        reader: Arc::new(Mutex::new(reader)),
+        store: SharedStore::new(store),
+        reader: SharedStore::new(reader),
         clock,
         cancel: cancel.clone(),
         retry_after: HashMap::new(),
         uid_validity: None,
-        outbox_store: Arc::new(Mutex::new(outbox_store)),
+        outbox_store: SharedStore::new(outbox_store),
         mailer,
         wake: Arc::new(tokio::sync::Notify::new()),
         idle_wake,
@@ -300,7 +300,8 @@ impl Daemon {
     }
 
     async fn forever(&mut self, mut hup: tokio::sync::mpsc::Receiver<()>) -> anyhow::Result<bool> {
-        let mut backoff = BACKOFF_MIN;
+        // Failed connections in a row, for the backoff.
+        let mut failures = 0;
         // The last error logged, so that a server that stays down is
         // reported once per change of state, not once per retry.
         let mut last_error: Option<String> = None;
@@ -320,7 +321,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     self.failed(&e, &mut last_error);
-                    self.sleep(retry_delay(&e, &mut backoff)).await;
+                    self.sleep(retry_delay(&e, &mut failures)).await;
                     continue;
                 }
             };
@@ -331,11 +332,11 @@ impl Daemon {
                 }
                 Err(e) => {
                     self.failed(&e, &mut last_error);
-                    self.sleep(retry_delay(&e, &mut backoff)).await;
+                    self.sleep(retry_delay(&e, &mut failures)).await;
                 }
             }
             if last_error.is_none() {
-                backoff = BACKOFF_MIN;
+                failures = 0;
             }
         }
         Ok(true)
@@ -506,20 +507,18 @@ impl Daemon {
         // A connection of its own, so this read does not wait for the
         // batch being committed: a copy of a message in that batch is
         // caught again inside the filing transaction.
-        let reader = self.reader.clone();
-        let filed = tokio::task::spawn_blocking(move || {
-            let s = reader
-                .lock()
-                .map_err(|_| anyhow::anyhow!("the case log lock is poisoned"))?;
-            let ops = s.read();
-            lookup
-                .iter()
-                .map(|sha| ops.filed(sha).map(|f| f.map(|f| f.decision)))
-                .collect::<anyhow::Result<Vec<_>>>()
-        })
-        .await
-        .map_err(|e| store_failure(e.into()))?
-        .map_err(store_failure)?;
+        let filed = self
+            .reader
+            .spawn(move |s| {
+                let ops = s.read();
+                lookup
+                    .iter()
+                    .map(|sha| ops.filed(sha).map(|f| f.map(|f| f.decision)))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })
+            .await
+            .map_err(|e| store_failure(e.into()))?
+            .map_err(store_failure)?;
         let mut already = Vec::new();
         let mut examine = Vec::new();
         for (((uid, raw), sha), filed) in fetched.into_iter().zip(shas).zip(filed) {
@@ -564,14 +563,8 @@ impl Daemon {
         let filer = self.setup.filer.clone();
         let clock = self.clock;
         let store = self.store.clone();
-        let task = (!items.is_empty()).then(|| {
-            tokio::task::spawn_blocking(move || {
-                let mut s = store
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("the case log lock is poisoned"))?;
-                filer.file_batch(&mut s, &items, clock)
-            })
-        });
+        let task =
+            (!items.is_empty()).then(|| store.spawn(move |s| filer.file_batch(s, &items, clock)));
         InFlight {
             already,
             uids,
@@ -809,14 +802,15 @@ fn store_failure(e: anyhow::Error) -> ImapError {
     ImapError::Transient(format!("case log: {e:#}"))
 }
 
-/// Exponential backoff with jitter; fatal errors wait the longest.
-fn retry_delay(e: &ImapError, backoff: &mut Duration) -> Duration {
+/// Exponential backoff with jitter after one more failure; fatal errors
+/// wait the longest.
+fn retry_delay(e: &ImapError, failures: &mut u32) -> Duration {
+    *failures = failures.saturating_add(1);
     let base = if e.is_transient() {
-        *backoff
+        crate::clock::backoff(*failures, BACKOFF_MIN, BACKOFF_MAX)
     } else {
         BACKOFF_MAX
     };
-    *backoff = (*backoff * 2).min(BACKOFF_MAX);
     // Up to a quarter more, from the clock's nanoseconds: enough to keep
     // several instances from reconnecting in step.
     let nanos = std::time::SystemTime::now()

@@ -51,7 +51,7 @@
 //! is unique, so neither a restart nor two processes ever queue one twice.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -68,7 +68,7 @@ use crate::process;
 use crate::reply::{self, Reply, Templates};
 use crate::signer::Signer;
 use crate::smtp::{self, Delivery};
-use crate::store::{AttemptEnd, NewDigest, ReplyRow, Store};
+use crate::store::{AttemptEnd, NewDigest, ReplyRow, SharedStore};
 
 /// The longest one SMTP transaction may take.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -98,9 +98,6 @@ pub const GIVE_UP_AFTER: Duration = Duration::from_secs(5 * 24 * 3600);
 
 /// How often the daemon looks for retries that have become due.
 pub const WAKE_EVERY: Duration = Duration::from_secs(60);
-
-/// The case log as the daemon shares it between tasks.
-pub type SharedStore = Arc<Mutex<Store>>;
 
 /// Everything needed to turn a queued row into a sent message; built from
 /// the configuration at start and on SIGHUP.
@@ -222,21 +219,6 @@ fn is_reply(kind: &str) -> bool {
     matches!(kind, "acknowledgement" | "rejection")
 }
 
-/// Runs a store operation on a blocking thread.
-async fn with_store<T: Send + 'static>(
-    store: &SharedStore,
-    f: impl FnOnce(&mut Store) -> anyhow::Result<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut s = store
-            .lock()
-            .map_err(|_| anyhow::anyhow!("the case log lock is poisoned"))?;
-        f(&mut s)
-    })
-    .await?
-}
-
 /// Settles `sending` rows that no live attempt can own any more: their
 /// process is gone (`process::is_gone`), or, when that cannot be told, the
 /// attempt started longer ago than [`SENDING_LEASE`]. A row whose content
@@ -249,7 +231,7 @@ pub async fn recover(
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<u32> {
     let metrics = metrics.clone();
-    with_store(store, move |s| {
+    store.run(move |s| {
         let now = clock.now();
         let lease_start = now - SENDING_LEASE;
         let tx = s.begin()?;
@@ -389,8 +371,9 @@ pub async fn drain(
         return Ok(tally);
     };
     let due_by = (scope == Scope::Due).then(|| stamp(clock.now()));
-    let candidates =
-        with_store(store, move |s| s.read().pending_replies(due_by.as_deref())).await?;
+    let candidates = store
+        .run(move |s| s.read().pending_replies(due_by.as_deref()))
+        .await?;
     for candidate in candidates {
         if cancel.is_cancelled() {
             break;
@@ -458,60 +441,61 @@ pub async fn drain(
 /// pending → sending in a committed transaction with its event, and what
 /// rendering needs; `None` when another process took the row first.
 async fn claim(store: &SharedStore, id: i64, clock: Clock) -> anyhow::Result<Option<Job>> {
-    with_store(store, move |s| {
-        let at = stamp(clock.now());
-        let tx = s.begin()?;
-        let ops = tx.ops();
-        if !ops.start_attempt(id, &at, process::this_process())? {
-            return Ok(None);
-        }
-        let bytes = ops.sent_bytes(id)?;
-        let row = ops
-            .reply(id)?
-            .ok_or_else(|| anyhow::anyhow!("queued reply {id} vanished"))?;
-        let case = match row.case_id {
-            Some(case_id) => Some(ops.case_by_id(case_id)?.ok_or_else(|| {
-                anyhow::anyhow!("the case of queued {} {id} is missing", row.kind)
-            })?),
-            None => None,
-        };
-        // Only a reply needs the request itself (its thread); a notice
-        // carries what it says.
-        let message = match row.message_id {
-            Some(message_id) if is_reply(&row.kind) => {
-                Some(ops.message(message_id, true)?.ok_or_else(|| {
-                    anyhow::anyhow!("the request of queued reply {id} is missing")
-                })?)
+    store
+        .run(move |s| {
+            let at = stamp(clock.now());
+            let tx = s.begin()?;
+            let ops = tx.ops();
+            if !ops.start_attempt(id, &at, process::this_process())? {
+                return Ok(None);
             }
-            _ => None,
-        };
-        audit::append(
-            &ops,
-            &at,
-            SYSTEM_ACTOR,
-            row.case_id,
-            kind::REPLY_SENDING,
-            &json!({ "outbox": id, "attempt": row.attempts }),
-        )?;
-        tx.commit()?;
-        let thread = message
-            .as_ref()
-            .and_then(|m| m.raw.as_deref())
-            .map(|raw| crate::message::parse(raw, usize::MAX).thread_ids)
-            .unwrap_or_default();
-        let received = message
-            .as_ref()
-            .and_then(|m| parse_instant(&m.received_at))
-            .unwrap_or_else(|| clock.now());
-        Ok(Some(Job {
-            row,
-            case,
-            received,
-            thread,
-            bytes,
-        }))
-    })
-    .await
+            let bytes = ops.sent_bytes(id)?;
+            let row = ops
+                .reply(id)?
+                .ok_or_else(|| anyhow::anyhow!("queued reply {id} vanished"))?;
+            let case = match row.case_id {
+                Some(case_id) => Some(ops.case_by_id(case_id)?.ok_or_else(|| {
+                    anyhow::anyhow!("the case of queued {} {id} is missing", row.kind)
+                })?),
+                None => None,
+            };
+            // Only a reply needs the request itself (its thread); a notice
+            // carries what it says.
+            let message = match row.message_id {
+                Some(message_id) if is_reply(&row.kind) => {
+                    Some(ops.message(message_id, true)?.ok_or_else(|| {
+                        anyhow::anyhow!("the request of queued reply {id} is missing")
+                    })?)
+                }
+                _ => None,
+            };
+            audit::append(
+                &ops,
+                &at,
+                SYSTEM_ACTOR,
+                row.case_id,
+                kind::REPLY_SENDING,
+                &json!({ "outbox": id, "attempt": row.attempts }),
+            )?;
+            tx.commit()?;
+            let thread = message
+                .as_ref()
+                .and_then(|m| m.raw.as_deref())
+                .map(|raw| crate::message::parse(raw, usize::MAX).thread_ids)
+                .unwrap_or_default();
+            let received = message
+                .as_ref()
+                .and_then(|m| parse_instant(&m.received_at))
+                .unwrap_or_else(|| clock.now());
+            Ok(Some(Job {
+                row,
+                case,
+                received,
+                thread,
+                bytes,
+            }))
+        })
+        .await
 }
 
 /// The row's message, signed when a key is configured.
@@ -585,13 +569,14 @@ async fn mark_content(
     bytes: Vec<u8>,
     clock: Clock,
 ) -> Result<(), String> {
-    let marked = with_store(store, move |s| {
-        let tx = s.begin()?;
-        let marked = tx.ops().start_content(id, &stamp(clock.now()), &bytes)?;
-        tx.commit()?;
-        Ok(marked)
-    })
-    .await;
+    let marked = store
+        .run(move |s| {
+            let tx = s.begin()?;
+            let marked = tx.ops().start_content(id, &stamp(clock.now()), &bytes)?;
+            tx.commit()?;
+            Ok(marked)
+        })
+        .await;
     match marked {
         Ok(true) => Ok(()),
         Ok(false) => Err(format!("queued reply {id} is no longer being sent")),
@@ -623,7 +608,7 @@ async fn record(
     let case_id = job.row.case_id;
     let attempt = job.row.attempts;
     let pending_since = job.row.pending_since.clone();
-    with_store(store, move |s| {
+    store.run(move |s| {
         let now = clock.now();
         let at = stamp(now);
         let give_up = parse_instant(&pending_since)
@@ -727,7 +712,7 @@ pub async fn queue_digest_if_due(
     let day = crate::clock::day(local.date);
     let recipients = mailer.notify_to.clone();
     let domain = mailer.msgid_domain.clone();
-    with_store(store, move |s| {
+    store.run(move |s| {
         let tx = s.begin()?;
         let ops = tx.ops();
         let mut missing = Vec::new();
@@ -792,10 +777,8 @@ pub async fn queue_digest_if_due(
 /// The wait after failed attempt `attempt` (1-based): 1, 2, 4 … minutes,
 /// at most an hour.
 pub fn backoff(attempt: i64) -> Duration {
-    let doublings = attempt.saturating_sub(1).clamp(0, 16) as u32;
-    BACKOFF_MIN
-        .saturating_mul(1u32 << doublings)
-        .min(BACKOFF_MAX)
+    let failures = u32::try_from(attempt.max(0)).unwrap_or(u32::MAX);
+    clock::backoff(failures, BACKOFF_MIN, BACKOFF_MAX)
 }
 
 /// The daemon's sending task: queues the daily digest when its hour has

@@ -14,6 +14,7 @@
 //! audit chain (see `audit`) proves it even if the triggers are dropped.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -900,6 +901,40 @@ fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
         true,
     )?;
     Ok(())
+}
+
+/// A store shared between a process's tasks. SQLite calls block, so every
+/// use runs on a blocking thread, one at a time behind the lock.
+#[derive(Clone)]
+pub struct SharedStore(Arc<Mutex<Store>>);
+
+impl SharedStore {
+    pub fn new(store: Store) -> SharedStore {
+        SharedStore(Arc::new(Mutex::new(store)))
+    }
+
+    /// Starts `f` with the store on a blocking thread; the handle gives its
+    /// result.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> anyhow::Result<T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<anyhow::Result<T>> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = store
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the case log lock is poisoned"))?;
+            f(&mut s)
+        })
+    }
+
+    /// Runs `f` with the store on a blocking thread.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        self.spawn(f).await?
+    }
 }
 
 /// A thread with its own connection that runs a passive checkpoint (one

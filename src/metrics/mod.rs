@@ -18,8 +18,8 @@
 
 pub mod server;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use crate::clock::{self, Clock, day, stamp};
 use crate::decide::Decision;
 use crate::notice::DUE_WITHIN_DAYS;
-use crate::store::{DeadlineCounts, DeadlineWindow, Store};
+use crate::store::{DeadlineCounts, DeadlineWindow, SharedStore, Store};
 
 /// The longest a scrape waits for the case log's figures (Prometheus's
 /// default scrape timeout is 10 s).
@@ -207,7 +207,7 @@ impl LogFigures {
 /// connection of its own.
 #[derive(Clone)]
 pub struct FigureReader {
-    store: Arc<Mutex<Store>>,
+    store: SharedStore,
     clock: Clock,
     /// Whether the last read failed, so a failure is logged once per
     /// change of state rather than at every scrape.
@@ -218,7 +218,7 @@ impl FigureReader {
     /// Opens `path` (which must exist and be current) read-only.
     pub fn open(path: &std::path::Path, clock: Clock) -> anyhow::Result<FigureReader> {
         Ok(FigureReader {
-            store: Arc::new(Mutex::new(Store::open_read_only(path)?)),
+            store: SharedStore::new(Store::open_read_only(path)?),
             clock,
             failing: Arc::new(AtomicBool::new(false)),
         })
@@ -227,14 +227,11 @@ impl FigureReader {
     /// The figures now, or `None` (logged) when they cannot be read in
     /// time.
     pub(crate) async fn figures(&self) -> Option<LogFigures> {
-        let (store, clock) = (self.store.clone(), self.clock);
-        let read = tokio::task::spawn_blocking(move || {
+        let clock = self.clock;
+        let read = self.store.spawn(move |store| {
             let now = clock.now();
             let today = clock::local(now)?.date;
-            let mut store = store
-                .lock()
-                .map_err(|_| anyhow::anyhow!("the metrics connection's lock is poisoned"))?;
-            LogFigures::read(&mut store, now, today)
+            LogFigures::read(store, now, today)
         });
         let result = match tokio::time::timeout(LOG_READ_TIMEOUT, read).await {
             Ok(Ok(Ok(figures))) => Ok(figures),
