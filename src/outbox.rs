@@ -127,6 +127,30 @@ pub fn templates_dir(config: &Config) -> PathBuf {
         .join("templates")
 }
 
+/// Reads `acknowledgement.txt` and `rejection.txt` from `dir`; a file
+/// that is absent falls back to the built-in text, a file that is present
+/// but wrong is an error naming it.
+fn load_templates(dir: &Path) -> Result<Templates, ConfigError> {
+    let builtin = Templates::builtin();
+    let read = |name: &str, fallback: String| {
+        let path = dir.join(name);
+        let wrong = |reason: String| ConfigError {
+            file: path.clone(),
+            key: String::new(),
+            reason,
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Templates::checked(&text).map_err(wrong),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(fallback),
+            Err(e) => Err(wrong(format!("cannot read: {e}"))),
+        }
+    };
+    Ok(Templates {
+        acknowledgement: read("acknowledgement.txt", builtin.acknowledgement)?,
+        rejection: read("rejection.txt", builtin.rejection)?,
+    })
+}
+
 impl Mailer {
     /// Loads the signing key and the templates and prepares the SMTP
     /// client. Every error names the file and key at fault.
@@ -141,11 +165,7 @@ impl Mailer {
             .as_ref()
             .map(|d| Signer::load(d).map_err(|e| err("dkim_signing.private_key_file", e)))
             .transpose()?;
-        let templates = Templates::load(&templates_dir(config)).map_err(|e| ConfigError {
-            file: PathBuf::from(&e.file),
-            key: String::new(),
-            reason: e.reason,
-        })?;
+        let templates = load_templates(&templates_dir(config))?;
         let client = config
             .smtp
             .as_ref()

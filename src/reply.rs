@@ -1,16 +1,15 @@
 //! Pure: a queued reply and its case → RFC 5322 bytes.
 //!
 //! The texts are templates the operator may edit
-//! (`config/templates/acknowledgement.txt` and `rejection.txt`, read from
-//! the `templates` folder beside the configuration file), with named
+//! (`config/templates/acknowledgement.txt` and `rejection.txt`, which
+//! [`crate::outbox`] reads from the `templates` folder beside the
+//! configuration file and [`Templates::checked`] vets), with named
 //! placeholders; copies of the shipped templates are compiled in, so a
 //! missing template folder never silences the daemon. The filled text is
 //! plain UTF-8, wrapped at [`WIDTH`] columns (see [`wrap`]). Everything copied
 //! from the request (its subject) has already been through
 //! [`crate::text::clean`] and is cleaned again here, so nothing a
 //! sender writes can create or alter a header of the reply.
-
-use std::path::Path;
 
 use mail_builder::MessageBuilder;
 use mail_builder::headers::raw::Raw;
@@ -40,14 +39,6 @@ pub struct Templates {
     pub rejection: String,
 }
 
-/// A template that cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {reason}")]
-pub struct TemplateError {
-    pub file: String,
-    pub reason: String,
-}
-
 impl Templates {
     /// The templates shipped with the product.
     pub fn builtin() -> Templates {
@@ -57,34 +48,13 @@ impl Templates {
         }
     }
 
-    /// Reads `acknowledgement.txt` and `rejection.txt` from `dir`; a file
-    /// that is absent falls back to the built-in text, a file that is
-    /// present but wrong is an error.
-    pub fn load(dir: &Path) -> Result<Templates, TemplateError> {
-        let builtin = Templates::builtin();
-        let read = |name: &str, fallback: String| -> Result<String, TemplateError> {
-            let path = dir.join(name);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    // Editors on some systems start a file with a BOM.
-                    let text = text.trim_start_matches('\u{feff}').to_string();
-                    check(&text).map_err(|reason| TemplateError {
-                        file: path.display().to_string(),
-                        reason,
-                    })?;
-                    Ok(text)
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(fallback),
-                Err(e) => Err(TemplateError {
-                    file: path.display().to_string(),
-                    reason: format!("cannot read: {e}"),
-                }),
-            }
-        };
-        Ok(Templates {
-            acknowledgement: read("acknowledgement.txt", builtin.acknowledgement)?,
-            rejection: read("rejection.txt", builtin.rejection)?,
-        })
+    /// A template's text as read from its file, ready for use: a leading
+    /// byte-order mark (some editors write one) dropped, and every
+    /// placeholder known. The error says what is wrong with it.
+    pub fn checked(text: &str) -> Result<String, String> {
+        let text = text.trim_start_matches('\u{feff}');
+        check(text)?;
+        Ok(text.to_string())
     }
 
     fn get(&self, kind: ReplyKind) -> &str {

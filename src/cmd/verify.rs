@@ -5,11 +5,11 @@
 //! verification is CPU work) while the output keeps the order of the
 //! arguments; at most [`WINDOW`] messages are held in memory at once.
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::decide::{Decision, History};
@@ -122,16 +122,13 @@ impl Report {
 /// one thread at the end.
 pub async fn run(judge: Judge, files: Vec<PathBuf>, json: bool) -> anyhow::Result<bool> {
     let single = files.len() == 1;
-    let mut pending = VecDeque::new();
     let mut all_read = true;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut written = 0usize;
-    let mut files = files.into_iter();
-    loop {
-        while pending.len() < WINDOW {
-            let Some(path) = files.next() else { break };
+    let mut rendered = futures_util::stream::iter(files)
+        .map(|path| {
             let judge = judge.clone();
-            pending.push_back(tokio::spawn(async move {
+            tokio::spawn(async move {
                 let name = path.display().to_string();
                 let raw = super::read_input(&path)?;
                 let j = judge.judge(&raw, &History::default()).await;
@@ -147,12 +144,11 @@ pub async fn run(judge: Judge, files: Vec<PathBuf>, json: bool) -> anyhow::Resul
                     let object = serde_json::to_string_pretty(&report)?;
                     format!("  {}", object.replace('\n', "\n  "))
                 })
-            }));
-        }
-        let Some(task) = pending.pop_front() else {
-            break;
-        };
-        match task.await? {
+            })
+        })
+        .buffered(WINDOW);
+    while let Some(task) = rendered.next().await {
+        match task? {
             Ok(text) => {
                 match (json && !single, written) {
                     (true, 0) => out.write_all(b"[\n")?,
