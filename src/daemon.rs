@@ -55,7 +55,7 @@ use crate::pipeline::{Filer, Filing, Prepared, log_outcome};
 use crate::store::{SharedStore, Store};
 use crate::triage::Triage;
 
-/// Messages fetched, judged, filed and moved together: at most this many
+/// Messages fetched, prepared, filed and moved together: at most this many
 /// and [`BATCH_BYTES`] (a larger message travels alone). Large enough that
 /// one commit's fsync and one MOVE are shared by many messages, small
 /// enough that memory stays bounded and a shutdown waits for little.
@@ -437,11 +437,11 @@ impl Daemon {
         let mut tally = Tally::default();
         let uids = session.uids().await?;
         let sizes = session.sizes(&uids).await?;
-        // Filing is one writer on one core; judging runs on the others,
+        // Filing is one writer on one core; preparing runs on the others,
         // and the connection is free most of the time. So while batch N is
-        // committed on a blocking thread, N+1 is judged, and the
+        // committed on a blocking thread, N+1 is prepared, and the
         // connection moves N-1 out and fetches N+2; N+1's filing starts as
-        // soon as N is committed and N+1 judged. A batch moves only once it
+        // soon as N is committed and N+1 prepared. A batch moves only once it
         // is committed.
         let mut batches = batches(&sizes).into_iter();
         let mut judging = match batches.next().filter(|_| !self.cancel.is_cancelled()) {
@@ -499,7 +499,7 @@ impl Daemon {
         batch: &[u32],
         once: bool,
         skipped: &mut u32,
-    ) -> Result<Judging, ImapError> {
+    ) -> Result<Preparing, ImapError> {
         let fetched = session.fetch(batch).await?;
         let started = Instant::now();
         let shas: Vec<String> = fetched.iter().map(|(_, raw)| sha256_hex(raw)).collect();
@@ -520,7 +520,7 @@ impl Daemon {
             .map_err(|e| store_failure(e.into()))?
             .map_err(store_failure)?;
         let mut already = Vec::new();
-        let mut examine = Vec::new();
+        let mut preparing = Vec::new();
         for (((uid, raw), sha), filed) in fetched.into_iter().zip(shas).zip(filed) {
             if let Some(decision) = filed {
                 // Filed before (a crash before the move, a redelivery):
@@ -538,21 +538,21 @@ impl Daemon {
                 continue;
             }
             let (judge, triage) = (self.setup.judge.clone(), self.setup.triage.clone());
-            examine.push((
+            preparing.push((
                 uid,
                 tokio::spawn(async move {
-                    Prepared::examine(&judge, &triage, format!("imap:{uid}"), raw, sha).await
+                    Prepared::prepare(&judge, &triage, format!("imap:{uid}"), raw, sha).await
                 }),
             ));
         }
-        Ok(Judging {
+        Ok(Preparing {
             already,
-            examine,
+            preparing,
             started,
         })
     }
 
-    /// Starts committing a judged batch on a blocking thread.
+    /// Starts committing a prepared batch on a blocking thread.
     fn start_filing(&self, batch: Judged) -> InFlight {
         let Judged {
             already,
@@ -680,18 +680,18 @@ impl Daemon {
     }
 }
 
-/// A fetched batch whose messages are being judged, each by a task.
-struct Judging {
+/// A fetched batch whose messages are being prepared, each by a task.
+struct Preparing {
     already: Vec<(u32, Decision)>,
-    examine: Vec<(u32, tokio::task::JoinHandle<Prepared>)>,
+    preparing: Vec<(u32, tokio::task::JoinHandle<Prepared>)>,
     started: Instant,
 }
 
-impl Judging {
+impl Preparing {
     async fn finish(self) -> Judged {
         let mut uids = Vec::new();
         let mut items = Vec::new();
-        for (uid, task) in self.examine {
+        for (uid, task) in self.preparing {
             match task.await {
                 Ok(p) => {
                     uids.push(uid);
@@ -709,7 +709,7 @@ impl Judging {
     }
 }
 
-/// A fetched batch, judged, not yet filed.
+/// A fetched batch, prepared, not yet filed.
 struct Judged {
     /// Messages whose bytes are filed already, with their decision.
     already: Vec<(u32, Decision)>,

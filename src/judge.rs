@@ -20,7 +20,7 @@ pub struct Judgement {
     pub verdict: Verdict,
 }
 
-/// The judging half of the pipeline, cheap to clone into tasks.
+/// Judging: parse, authenticate, decide; cheap to clone into tasks.
 #[derive(Clone)]
 pub struct Judge {
     pub authenticator: Authenticator,

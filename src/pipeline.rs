@@ -1,6 +1,6 @@
 //! The one place that orders side effects: a judged message is filed.
 //!
-//! [`Prepared::examine`] does everything that needs no database — parse,
+//! [`Prepared::prepare`] does everything that needs no database — parse,
 //! authenticate (DNS), triage — so no network wait ever happens inside a
 //! write transaction. [`Filer::file`] then runs, inside one `BEGIN
 //! IMMEDIATE` transaction, the fixed sequence:
@@ -70,10 +70,11 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Parses, authenticates and triages a message; `sha256` is the hex
+    /// Prepares a message for filing: examines it (parse, authenticate) and
+    /// triages it; `sha256` is the hex
     /// SHA-256 of `raw` (`audit::sha256_hex`), which the caller has
     /// already needed.
-    pub async fn examine(
+    pub async fn prepare(
         judge: &Judge,
         triage: &Triage,
         source: String,

@@ -1,8 +1,8 @@
 //! The `ingest` command: file message files (or standard input) into the
 //! case log exactly as the daemon files what it fetches, replies queued.
 //!
-//! Messages are examined concurrently on the runtime's worker threads (DNS
-//! waits and RSA verification), then filed in order in batches — several
+//! Messages are prepared (examined and triaged) concurrently on the
+//! runtime's worker threads (DNS waits and RSA verification), then filed in order in batches — several
 //! messages per transaction, one fsync for all of them — on a blocking
 //! thread, so the database never stalls the runtime. The line for a
 //! message is printed only after the transaction holding it has
@@ -26,7 +26,7 @@ use crate::pipeline::{Filer, Filing, Outcome, Prepared};
 use crate::store::Store;
 use crate::triage::Triage;
 
-/// Messages being examined at once.
+/// Messages being prepared at once.
 const WINDOW: usize = 256;
 
 /// Bytes of messages held at once, beyond which no new file is read (one
@@ -75,7 +75,7 @@ fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-/// A file being read and examined.
+/// A file being read and prepared.
 struct Pending {
     name: String,
     bytes: u64,
@@ -132,7 +132,7 @@ pub async fn run(
             let task = tokio::spawn(async move {
                 let raw = read_input(&path)?;
                 let sha256 = crate::audit::sha256_hex(&raw);
-                anyhow::Ok(Prepared::examine(&judge, &triage, source, raw, sha256).await)
+                anyhow::Ok(Prepared::prepare(&judge, &triage, source, raw, sha256).await)
             });
             pending.push_back(Pending { name, bytes, task });
         }
@@ -141,7 +141,7 @@ pub async fn run(
         };
 
         // A batch: the next message in order, and those after it that are
-        // already examined.
+        // already prepared.
         let mut batch = vec![first];
         while batch.len() < BATCH && pending.front().is_some_and(|p| p.task.is_finished()) {
             batch.extend(pending.pop_front());
