@@ -1,5 +1,5 @@
 """A throwaway Dovecot 2.3 (Debian's dovecot-imapd) on 127.0.0.1 for the
-benchmark scripts, configured the way tests/it/dovecot.rs configures the
+benchmark scripts, configured the way testkit/src/dovecot.rs configures the
 test instances: its own base_dir, state_dir, instance_name and log inside
 one folder, `ssl = no`, a listener on a port the OS chose, one
 passwd-file user with a {PLAIN} password and maildir storage under the

@@ -153,11 +153,11 @@ impl Log {
     }
 
     fn db(&self) -> Connection {
-        Connection::open(self.db_path()).unwrap()
+        self.install.db()
     }
 
     fn count(&self, sql: &str) -> i64 {
-        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+        self.install.count(sql)
     }
 
     fn head(&self) -> String {
@@ -198,20 +198,6 @@ fn s(v: &Value) -> &str {
     v.as_str().unwrap_or_else(|| panic!("not a string: {v}"))
 }
 
-/// A police request, signed and delivered through the trusted MX: acknowledged.
-fn police(subject: &str) -> Vec<u8> {
-    police_with(subject, &[])
-}
-
-/// The same with extra headers (added before signing).
-fn police_with(subject: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut raw = request("Detective Inspector <officer@police.gi>", subject);
-    for (name, value) in headers {
-        raw = with_header(&raw, name, value);
-    }
-    from_police_server(&signed(&raw, &world().keys.police, "police.gi", "s2026"))
-}
-
 /// A request from HM Government of Gibraltar (Ed25519): acknowledged.
 fn government(subject: &str) -> Vec<u8> {
     signed(
@@ -232,26 +218,12 @@ fn foreign(subject: &str) -> Vec<u8> {
     )
 }
 
-/// A request claiming to be from the police, with no evidence: quarantined.
-fn forged(subject: &str) -> Vec<u8> {
-    request("Detective Inspector <officer@police.gi>", subject)
-}
-
-fn message_id(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
-    text.lines()
-        .find_map(|l| l.strip_prefix("Message-ID: "))
-        .expect("a Message-ID")
-        .trim()
-        .to_string()
-}
-
 // ---- Filing ------------------------------------------------------------------
 
 #[test]
 fn filing_keeps_bytes_verdict_evidence_and_queues_the_reply() {
     let log = Log::new();
-    let ack = police("Production order 2026/117");
+    let ack = police_request("Production order 2026/117");
     let rej = foreign("Auskunftsersuchen");
     let quar = forged("Urgent disclosure");
     let out = log.ingest(&[&ack, &rej, &quar]);
@@ -388,7 +360,7 @@ fn the_log_line_names_the_message_id_of_a_message_without_a_from() {
 #[test]
 fn the_same_bytes_are_filed_once() {
     let log = Log::new();
-    let raw = police("Preservation request");
+    let raw = police_request("Preservation request");
     let file = log.write(&raw);
     let first = log.ingest_files_at(None, &[file.clone(), file.clone()]);
     assert_eq!(first[0]["new"], true);
@@ -428,7 +400,7 @@ fn the_same_bytes_are_filed_once() {
 #[test]
 fn human_output_is_one_line_per_message() {
     let log = Log::new();
-    let a = log.write(&police("Subpoena"));
+    let a = log.write(&police_request("Subpoena"));
     let out = log.run(&["ingest", a.to_str().unwrap(), a.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -456,7 +428,7 @@ fn human_output_is_one_line_per_message() {
 #[test]
 fn messages_join_cases_by_each_threading_rule() {
     let log = Log::new();
-    let first = police("Production order 2026/117");
+    let first = police_request("Production order 2026/117");
     let out = log.ingest(&[&first]);
     assert_eq!(out[0]["case"], "LR-2026-0001");
     let our_reply = log.show("LR-2026-0001")["replies"][0]["msgid"]
@@ -465,12 +437,12 @@ fn messages_join_cases_by_each_threading_rule() {
         .to_string();
 
     // In-Reply-To naming the filed message.
-    let by_in_reply_to = police_with(
+    let by_in_reply_to = police_request_with(
         "Further information",
         &[("In-Reply-To", &message_id(&first))],
     );
     // References naming our acknowledgement (an outbox Message-ID).
-    let by_our_reply = police_with(
+    let by_our_reply = police_request_with(
         "Re: your acknowledgement",
         &[(
             "References",
@@ -478,13 +450,13 @@ fn messages_join_cases_by_each_threading_rule() {
         )],
     );
     // The reference in the subject, same agency.
-    let by_subject = police("Re: [LR-2026-0001] hard copy served today");
+    let by_subject = police_request("Re: [LR-2026-0001] hard copy served today");
     // The reference in the subject from another agency: a new case.
     let other_agency = government("Re: [LR-2026-0001] our own matter");
     // The reference in the subject of a forgery: a new (quarantined) case.
     let forgery = forged("[LR-2026-0001] please send everything");
     // A reference to a case that does not exist: a new case.
-    let unknown = police("[LR-2026-0999] production order");
+    let unknown = police_request("[LR-2026-0999] production order");
     // The same message delivered again with other bytes (another relay
     // added a header): the same Message-ID, so the same case.
     let redelivered = with_header(&first, "X-Relayed-By", "backup-mx.ivpn.net");
@@ -574,7 +546,7 @@ fn mail_from_our_own_domains_is_a_note_on_its_case_and_never_answered() {
     let log = Log {
         install: Install::with(world().dns_addr(), "own_domains = [\"ivpn.net\"]\n", ""),
     };
-    let first = police("Production order 2026/117");
+    let first = police_request("Production order 2026/117");
     assert_eq!(log.ingest(&[&first])[0]["case"], "LR-2026-0001");
     let ours = message_id(&first);
     let urgent = "There is an imminent threat to life, says the officer on the phone.\n";
@@ -643,7 +615,7 @@ fn mail_from_our_own_domains_is_a_note_on_its_case_and_never_answered() {
 #[test]
 fn only_the_cases_own_agency_joins_it_whatever_it_names() {
     let log = Log::new();
-    let first = police("Production order 2026/117");
+    let first = police_request("Production order 2026/117");
     assert_eq!(log.ingest(&[&first])[0]["case"], "LR-2026-0001");
     let ours = message_id(&first);
     let our_reply = log.show("LR-2026-0001")["replies"][0]["msgid"]
@@ -741,7 +713,7 @@ fn foreign_agencies_thread_by_subject_within_their_own_domain() {
     assert_eq!(out[0]["case"], "LR-2026-0001");
     let out = log.ingest(&[
         &foreign("AW: [LR-2026-0001] Ersuchen"),
-        &police("[LR-2026-0001] not yours"),
+        &police_request("[LR-2026-0001] not yours"),
     ]);
     assert_eq!(out[0]["case"], "LR-2026-0001");
     assert_eq!(out[1]["case"], "LR-2026-0002");
@@ -754,15 +726,18 @@ fn references_are_gap_free_per_year() {
     let log = Log::new();
     let dec = Some("2026-12-31T23:59:00Z");
     let jan = Some("2027-01-01T00:00:30Z");
-    let a = police("a");
-    let out = log.ingest_at(dec, &[&a, &police("b")]);
+    let a = police_request("a");
+    let out = log.ingest_at(dec, &[&a, &police_request("b")]);
     assert_eq!(
         (s(&out[0]["case"]), s(&out[1]["case"])),
         ("LR-2026-0001", "LR-2026-0002")
     );
     // A duplicate and a deferral take no number.
     let deferred = unverifiable_request();
-    let out = log.ingest_at(jan, &[&a, &deferred, &police("c"), &police("d")]);
+    let out = log.ingest_at(
+        jan,
+        &[&a, &deferred, &police_request("c"), &police_request("d")],
+    );
     let refs: Vec<&str> = out
         .iter()
         .map(|o| o["case"].as_str().unwrap_or("-"))
@@ -770,7 +745,7 @@ fn references_are_gap_free_per_year() {
     assert_eq!(refs, ["LR-2026-0001", "-", "LR-2027-0001", "LR-2027-0002"]);
     assert_eq!(out[1]["decision"], "defer");
     // A late message stamped in the old year continues that year.
-    let out = log.ingest_at(dec, &[&police("e")]);
+    let out = log.ingest_at(dec, &[&police_request("e")]);
     assert_eq!(out[0]["case"], "LR-2026-0003");
     assert_eq!(
         log.references(),
@@ -818,7 +793,14 @@ fn deferrals_are_counted_until_quarantine() {
 fn reply_limits_come_from_the_log() {
     let log = Log::with("[limits]\nreplies_per_sender_per_day = 2\n");
     let day1 = Some("2026-11-02T09:00:00Z");
-    let out = log.ingest_at(day1, &[&police("one"), &police("two"), &police("three")]);
+    let out = log.ingest_at(
+        day1,
+        &[
+            &police_request("one"),
+            &police_request("two"),
+            &police_request("three"),
+        ],
+    );
     let replies: Vec<&Value> = out.iter().map(|o| &o["reply"]).collect();
     assert_eq!(
         replies,
@@ -833,10 +815,10 @@ fn reply_limits_come_from_the_log() {
             .contains("replies_per_sender_per_day")
     );
     // A day later the sender may be answered again.
-    let out = log.ingest_at(Some("2026-11-03T09:00:01Z"), &[&police("four")]);
+    let out = log.ingest_at(Some("2026-11-03T09:00:01Z"), &[&police_request("four")]);
     assert_eq!(out[0]["reply"], "acknowledgement");
     // The same case and kind: not again within 7 days, again after.
-    let follow = |subject: &str| police(&format!("[LR-2026-0001] {subject}"));
+    let follow = |subject: &str| police_request(&format!("[LR-2026-0001] {subject}"));
     let out = log.ingest_at(Some("2026-11-08T09:00:00Z"), &[&follow("within a week")]);
     assert_eq!(out[0]["reply"], Value::Null);
     assert!(
@@ -853,9 +835,9 @@ fn reply_limits_come_from_the_log() {
 /// Three acknowledged cases, one quarantined, one out of jurisdiction.
 fn five_cases(log: &Log) {
     let out = log.ingest(&[
-        &police("one"),
-        &police("two"),
-        &police("three"),
+        &police_request("one"),
+        &police_request("two"),
+        &police_request("three"),
         &forged("four"),
         &foreign("five"),
     ]);
@@ -1028,7 +1010,7 @@ fn every_status_transition_allowed_and_refused() {
 #[test]
 fn case_fields_are_set_with_an_event_each() {
     let log = Log::new();
-    log.ingest(&[&police("Production order")]);
+    log.ingest(&[&police_request("Production order")]);
     let id = "LR-2026-0001";
     let out = log.run(&[
         "cases",
@@ -1108,8 +1090,7 @@ fn case_fields_are_set_with_an_event_each() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
-    let expected =
-        String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let expected = real_user();
     let actor: String = log
         .db()
         .query_row(
@@ -1118,7 +1099,7 @@ fn case_fields_are_set_with_an_event_each() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(actor, expected.trim());
+    assert_eq!(actor, expected);
     assert_ne!(actor, "mallory");
 
     // Bad usage exits 2 and changes nothing.
@@ -1196,7 +1177,11 @@ fn triage_sets_emergency_and_gag_order_on_the_case() {
 /// A log with three filings (twelve events) and a recorded head.
 fn filed_log() -> Log {
     let log = Log::new();
-    log.ingest(&[&police("one"), &police("two"), &foreign("three")]);
+    log.ingest(&[
+        &police_request("one"),
+        &police_request("two"),
+        &foreign("three"),
+    ]);
     log.assert_intact();
     log
 }
@@ -1418,7 +1403,7 @@ fn edited_tables_are_detected_against_their_events() {
 fn an_earlier_head_must_still_be_in_the_chain() {
     let log = filed_log();
     let early = log.head();
-    log.ingest(&[&police("four")]);
+    log.ingest(&[&police_request("four")]);
     assert!(
         log.run(&["cases", "set", "LR-2026-0001", "--note", "last word"])
             .status
@@ -1484,7 +1469,7 @@ fn a_newer_schema_is_refused() {
             text(&out)
         );
     }
-    let out = log.ingest_files_at_status(&[log.write(&police("x"))]);
+    let out = log.ingest_files_at_status(&[log.write(&police_request("x"))]);
     assert_eq!(code(&out), 1, "{}", text(&out));
     // Nothing to read is an error too, not an empty log.
     let empty = Log::new();
@@ -1530,7 +1515,7 @@ Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n{body}",
 fn export_writes_the_bundle_byte_for_byte_and_never_overwrites() {
     let log = Log::new();
     let first = with_attachments();
-    let second = police_with("Re: order", &[("In-Reply-To", &message_id(&first))]);
+    let second = police_request_with("Re: order", &[("In-Reply-To", &message_id(&first))]);
     log.ingest(&[&first, &second]);
     let out_dir = log.dir().join("bundle");
     let out = log.run(&[

@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use testkit::dovecot::Dovecot;
 
-use crate::dovecot::Dovecot;
 use crate::support::*;
 
 /// An installation watching `dovecot`; `imap_extra` goes into `[imap]`.
@@ -44,14 +43,6 @@ fn mixed() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         ("forged", forged, "Quarantine"),
         ("auto_reply", auto, "Processed"),
     ]
-}
-
-fn db(install: &Install) -> Connection {
-    Connection::open(install.dir.path().join("cases.sqlite")).unwrap()
-}
-
-fn count(install: &Install, sql: &str) -> i64 {
-    db(install).query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
@@ -116,20 +107,14 @@ fn a_mixed_batch_lands_in_the_right_folders_and_a_second_pass_changes_nothing() 
     );
     assert_eq!(sorted(dovecot.messages("Quarantine")), expect("Quarantine"));
 
-    assert_eq!(count(&install, "SELECT count(*) FROM messages"), 4);
-    assert_eq!(count(&install, "SELECT count(*) FROM cases"), 4);
+    assert_eq!(install.count("SELECT count(*) FROM messages"), 4);
+    assert_eq!(install.count("SELECT count(*) FROM cases"), 4);
     assert_eq!(
-        count(
-            &install,
-            "SELECT count(*) FROM outbox WHERE kind = 'acknowledgement'"
-        ),
+        install.count("SELECT count(*) FROM outbox WHERE kind = 'acknowledgement'"),
         1
     );
     assert_eq!(
-        count(
-            &install,
-            "SELECT count(*) FROM outbox WHERE kind = 'rejection'"
-        ),
+        install.count("SELECT count(*) FROM outbox WHERE kind = 'rejection'"),
         1
     );
     // One INFO line per message with the stable fields.
@@ -161,11 +146,11 @@ fn a_mixed_batch_lands_in_the_right_folders_and_a_second_pass_changes_nothing() 
     // listens here), which the audit chain records; filing writes nothing.
     let filing_events =
         "SELECT count(*) FROM events WHERE kind NOT IN ('reply_sending', 'reply_retry')";
-    let events = count(&install, filing_events);
+    let events = install.count(filing_events);
     let again = install.run(&["run", "--once"]);
     assert!(again.status.success());
     assert_eq!(
-        count(&install, filing_events),
+        install.count(filing_events),
         events,
         "a second pass writes nothing"
     );
@@ -199,13 +184,14 @@ fn deferred_messages_stay_until_their_tries_run_out() {
         vec![raw.clone()],
         "a deferred message stays in the inbox"
     );
-    assert_eq!(count(&install, "SELECT count(*) FROM messages"), 0);
+    assert_eq!(install.count("SELECT count(*) FROM messages"), 0);
 
     let second = install.run(&["run", "--once"]);
     assert!(second.status.success());
     assert!(dovecot.messages("INBOX").is_empty());
     assert_eq!(dovecot.messages("Quarantine"), vec![raw]);
-    let reason: String = db(&install)
+    let reason: String = install
+        .db()
         .query_row("SELECT reason FROM verdicts", [], |r| r.get(0))
         .unwrap();
     assert!(reason.contains("defer_max_tries"), "{reason}");
@@ -223,8 +209,8 @@ fn a_uidvalidity_change_and_redelivered_copies_refile_nothing() {
         dovecot.append("legal", raw);
     }
     assert!(install.run(&["run", "--once"]).status.success());
-    assert_eq!(count(&install, "SELECT count(*) FROM messages"), 3);
-    let events = count(&install, "SELECT count(*) FROM events");
+    assert_eq!(install.count("SELECT count(*) FROM messages"), 3);
+    let events = install.count("SELECT count(*) FROM events");
 
     // The mailbox is recreated (a new UIDVALIDITY) and holds the old
     // messages again next to a new one.
@@ -238,11 +224,11 @@ fn a_uidvalidity_change_and_redelivered_copies_refile_nothing() {
     assert!(install.run(&["run", "--once"]).status.success());
 
     assert_eq!(
-        count(&install, "SELECT count(*) FROM messages"),
+        install.count("SELECT count(*) FROM messages"),
         4,
         "only the new message is filed"
     );
-    assert!(count(&install, "SELECT count(*) FROM events") > events);
+    assert!(install.count("SELECT count(*) FROM events") > events);
     assert!(
         dovecot.messages("legal").is_empty(),
         "old copies are moved out too"
@@ -293,16 +279,16 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
         "every message moved exactly once"
     );
     assert_eq!(
-        count(&install, "SELECT count(*) FROM messages"),
+        install.count("SELECT count(*) FROM messages"),
         40,
         "every message filed exactly once"
     );
     assert_eq!(
-        count(&install, "SELECT count(DISTINCT sha256) FROM messages"),
+        install.count("SELECT count(DISTINCT sha256) FROM messages"),
         40
     );
     // One sender: the per-sender daily cap (10) holds across the crashes.
-    assert_eq!(count(&install, "SELECT count(*) FROM outbox"), 10);
+    assert_eq!(install.count("SELECT count(*) FROM outbox"), 10);
     audit_ok(&install);
 }
 
@@ -351,19 +337,20 @@ fn sigterm_mid_pass_exits_0_and_the_next_run_completes() {
     wait_for(Duration::from_secs(30), "the first filed message", || {
         // The file can exist a moment before its tables do.
         install.dir.path().join("cases.sqlite").exists()
-            && db(&install)
+            && install
+                .db()
                 .query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))
                 .is_ok_and(|n| n > 0)
     });
     signal(&daemon, "-TERM");
     let status = daemon.wait().unwrap();
     assert_eq!(status.code(), Some(0));
-    let after_term = count(&install, "SELECT count(*) FROM messages");
+    let after_term = install.count("SELECT count(*) FROM messages");
     // Whatever was filed was also moved: the batch in hand was finished.
     assert_eq!(dovecot.messages("Processed").len() as i64, after_term);
 
     assert!(install.run(&["run", "--once"]).status.success());
-    assert_eq!(count(&install, "SELECT count(*) FROM messages"), 80);
+    assert_eq!(install.count("SELECT count(*) FROM messages"), 80);
     assert_eq!(sorted(dovecot.messages("Processed")), sorted(mail));
     audit_ok(&install);
 }
@@ -495,7 +482,7 @@ fn dropped_connections_mid_fetch_and_mid_move_change_nothing() {
         signal(&daemon, "-TERM");
         assert_eq!(daemon.wait().unwrap().code(), Some(0));
         assert_eq!(
-            count(&install, "SELECT count(*) FROM messages"),
+            install.count("SELECT count(*) FROM messages"),
             6,
             "every message filed once"
         );
@@ -526,7 +513,7 @@ fn sighup_reloads_the_configuration_and_keeps_the_old_one_when_invalid() {
         dovecot.mailboxes().iter().any(|m| m == "Quarantine")
     });
     let decision_of = |subject: &str| -> Option<String> {
-        db(&install)
+        install.db()
             .query_row(
                 "SELECT v.decision FROM verdicts v JOIN messages m ON m.id = v.message_id WHERE m.subject = ?1",
                 [subject],
@@ -648,7 +635,7 @@ fn a_backlog_of_several_batches_is_filed_and_moved_exactly_once() {
     );
     assert!(dovecot.messages("INBOX").is_empty());
     assert_eq!(
-        count(&install, "SELECT count(*) FROM messages"),
+        install.count("SELECT count(*) FROM messages"),
         300,
         "the copy is not filed again"
     );
@@ -693,27 +680,19 @@ fn the_daily_reply_cap_holds_within_one_batch_whatever_the_address_case() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(count(&install, "SELECT count(*) FROM cases"), 8);
+    assert_eq!(install.count("SELECT count(*) FROM cases"), 8);
     assert_eq!(
-        count(
-            &install,
-            "SELECT count(*) FROM outbox WHERE lower(recipient) = 'officer@police.gi'"
-        ),
+        install.count("SELECT count(*) FROM outbox WHERE lower(recipient) = 'officer@police.gi'"),
         3,
         "the cap counts every spelling of one address"
     );
     assert_eq!(
-        count(
-            &install,
-            "SELECT count(*) FROM outbox WHERE recipient = 'sergeant@police.gi'"
-        ),
+        install.count("SELECT count(*) FROM outbox WHERE recipient = 'sergeant@police.gi'"),
         2,
         "another sender has a cap of its own"
     );
     assert_eq!(
-        count(
-            &install,
-            "SELECT count(*) FROM verdicts WHERE reply_suppressed LIKE '%replies_per_sender_per_day%'"
+        install.count("SELECT count(*) FROM verdicts WHERE reply_suppressed LIKE '%replies_per_sender_per_day%'"
         ),
         3
     );
@@ -725,10 +704,7 @@ fn the_daily_reply_cap_holds_within_one_batch_whatever_the_address_case() {
     let out = install.run(&["run", "--once"]);
     assert!(out.status.success());
     assert_eq!(
-        count(
-            &install,
-            "SELECT count(*) FROM outbox WHERE lower(recipient) = 'officer@police.gi'"
-        ),
+        install.count("SELECT count(*) FROM outbox WHERE lower(recipient) = 'officer@police.gi'"),
         3
     );
 }
@@ -770,7 +746,7 @@ fn a_move_cut_while_the_next_batch_is_filed_still_commits_that_batch() {
         proxy.connections.load(Ordering::SeqCst) >= 2,
         "the cut connection was replaced"
     );
-    assert_eq!(count(&install, "SELECT count(*) FROM messages"), 300);
+    assert_eq!(install.count("SELECT count(*) FROM messages"), 300);
     assert_eq!(log.matches("filing=new").count(), 300, "{log}");
     // The second batch was committed on the broken connection and only
     // moved on the next one.

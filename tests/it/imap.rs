@@ -10,9 +10,10 @@ use legal_intake::config::{self, Tls};
 use legal_intake::imap::{
     self, Capability, FILED_KEYWORD, FatalKind, IdleOutcome, ImapError, MoveOutcome, Session,
 };
+use testkit::dovecot::{Dovecot, PASSWORD};
 use tokio_util::sync::CancellationToken;
 
-use crate::dovecot::{Dovecot, PASSWORD};
+use crate::support::{DovecotImap, free_port};
 
 /// A request as the MX stores it: CRLF line ends, 8-bit UTF-8 in headers
 /// and body, a line holding only a dot, trailing white space, a `From `
@@ -123,11 +124,7 @@ async fn an_unreachable_server_is_transient() {
     let d = Dovecot::start();
     let mut cfg = d.imap("");
     // A port nobody listens on.
-    cfg.port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    cfg.port = free_port();
     let e = imap::connect(&cfg).await.expect_err("nothing listens");
     assert!(e.is_transient(), "{e}");
 }

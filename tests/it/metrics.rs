@@ -7,9 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use testkit::dovecot::Dovecot;
 
-use crate::dovecot::Dovecot;
 use crate::support::*;
 
 fn metrics_section(port: u16) -> String {
@@ -296,7 +295,7 @@ fn run_serves_counters_and_case_log_figures_and_survives_garbage() {
 
     // Deadlines are read from the log at scrape time: a person sets them
     // with `cases set` while the daemon runs.
-    let db = Connection::open(install.dir.path().join("cases.sqlite")).unwrap();
+    let db = install.db();
     let reference = |status: &str| -> String {
         db.query_row(
             "SELECT reference FROM cases WHERE status = ?1",

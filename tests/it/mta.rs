@@ -11,9 +11,9 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use testkit::dovecot::{self, Dovecot};
+use testkit::postfix::Postfix;
 
-use crate::dovecot::{self, Dovecot};
-use crate::postfix::Postfix;
 use crate::support::*;
 
 /// EHLO names that smuggle the agency's authorised address into the
@@ -39,7 +39,7 @@ struct Chain {
 impl Chain {
     fn start() -> Chain {
         let dovecot = Dovecot::start_lmtp();
-        let postfix = Postfix::start(dovecot.lmtp_port.expect("started with LMTP"));
+        let postfix = Postfix::start(MX, dovecot.lmtp_port.expect("started with LMTP"));
         Chain { dovecot, postfix }
     }
 

@@ -2,19 +2,18 @@
 //! daily digest, end to end. The real binary files requests (`ingest`),
 //! queues and sends through the same outgoing queue as the replies
 //! (`run --once` and `run` over a real Dovecot) to a real SMTP server on
-//! 127.0.0.1 (aiosmtpd, see `smtp_sink`), with the clock pinned by
+//! 127.0.0.1 (aiosmtpd, see `testkit::smtp_sink`), with the clock pinned by
 //! `LEGAL_INTAKE_NOW` and the local time zone by `TZ`.
 
-use std::process::{Child, Command, Output, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use rusqlite::Connection;
 use testkit::dkim::{KeyKind, generate};
+use testkit::dovecot::Dovecot;
+use testkit::smtp_sink::{Received, Sink};
 
-use crate::dovecot::Dovecot;
-use crate::smtp_sink::{Received, Sink};
 use crate::support::*;
 
 /// The instant requests are filed at (`LEGAL_INTAKE_NOW`).
@@ -123,11 +122,11 @@ impl Rig {
     }
 
     fn db(&self) -> Connection {
-        Connection::open(self.install.dir.path().join("cases.sqlite")).unwrap()
+        self.install.db()
     }
 
     fn count(&self, sql: &str) -> i64 {
-        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+        self.install.count(sql)
     }
 
     fn texts(&self, sql: &str) -> Vec<String> {
@@ -155,15 +154,6 @@ impl Rig {
     }
 }
 
-/// A police request, signed and delivered through their server.
-fn police(subject: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut raw = request("Detective Inspector <officer@police.gi>", subject);
-    for (name, value) in headers {
-        raw = testkit::mail::with_header(&raw, name, value);
-    }
-    from_police_server(&signed(&raw, &world().keys.police, "police.gi", "s2026"))
-}
-
 /// A signed police request with a body and an attachment whose words a
 /// notice must not repeat.
 fn police_with_attachment(subject: &str) -> Vec<u8> {
@@ -184,20 +174,6 @@ Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n{body}",
         "police.gi",
         "s2026",
     ))
-}
-
-/// A request claiming to be from the police with no evidence: quarantined.
-fn forged(subject: &str) -> Vec<u8> {
-    request("Detective Inspector <officer@police.gi>", subject)
-}
-
-fn message_id(raw: &[u8]) -> String {
-    let text = String::from_utf8_lossy(raw);
-    text.lines()
-        .find_map(|l| l.strip_prefix("Message-ID: "))
-        .expect("a Message-ID")
-        .trim()
-        .to_string()
 }
 
 /// A received mail, parsed: (decoded subject, decoded plain-text body).
@@ -245,26 +221,6 @@ fn section(body: &str, title: &str) -> Vec<String> {
         .filter(|w| w.starts_with("LR-"))
         .map(str::to_string)
         .collect()
-}
-
-/// Waits for `cond`, failing the test after `limit`.
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// SIGTERM, and the daemon must exit 0.
-fn stop(child: &mut Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
 }
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -402,7 +358,13 @@ fn a_new_case_is_announced_to_every_address_with_its_facts_and_the_head_never_it
     // The head a notice carries proves later that the chain still holds
     // it, however much is filed after it …
     let head = head_in(&parsed(&notices[0]).1);
-    rig.ingest(&[&police("Another order", &[]), &forged("Forged order")], T);
+    rig.ingest(
+        &[
+            &police_request_with("Another order", &[]),
+            &forged("Forged order"),
+        ],
+        T,
+    );
     let (ok, text) = rig.audit(Some(&head));
     assert!(ok, "{text}");
     assert!(text.contains("the given head is event"), "{text}");
@@ -428,13 +390,13 @@ fn a_new_case_is_announced_to_every_address_with_its_facts_and_the_head_never_it
 fn a_message_joining_a_case_is_announced_threaded_to_the_first_notice_and_repeats_are_not() {
     let sink = Sink::start();
     let rig = Rig::new(&sink, &notify(&[TEAM, DUTY], 23));
-    let first = police("Production order RGP/2026/0117", &[]);
+    let first = police_request_with("Production order RGP/2026/0117", &[]);
     rig.ingest(&[&first], T);
     let first_notices = rig.texts("SELECT msgid FROM outbox WHERE kind = 'notice' ORDER BY id");
     assert_eq!(first_notices.len(), 2);
 
     // A follow-up naming the request joins the case.
-    let follow_up = police(
+    let follow_up = police_request_with(
         "Re: Production order RGP/2026/0117",
         &[("In-Reply-To", &message_id(&first))],
     );
@@ -507,7 +469,7 @@ fn a_message_joining_a_case_is_announced_threaded_to_the_first_notice_and_repeat
     );
     // A human reply to a notice (it references the notice) files onto
     // its case rather than opening a new one.
-    let answer = police(
+    let answer = police_request_with(
         "Re: [LR-2026-0001] notice",
         &[("References", &first_notices[0])],
     );
@@ -530,7 +492,13 @@ fn notices_never_count_against_the_reply_limits() {
             notify(&["officer@police.gi"], 23)
         ),
     );
-    let out = rig.ingest(&[&police("Order one", &[]), &police("Order two", &[])], T);
+    let out = rig.ingest(
+        &[
+            &police_request_with("Order one", &[]),
+            &police_request_with("Order two", &[]),
+        ],
+        T,
+    );
     for o in &out {
         assert_eq!(o["reply"], "acknowledgement", "{o}");
     }
@@ -545,7 +513,7 @@ fn notices_never_count_against_the_reply_limits() {
     );
     // The third is over the cap of two replies a day, whatever the
     // notices: no reply, and still a notice.
-    let out = rig.ingest(&[&police("Order three", &[])], T);
+    let out = rig.ingest(&[&police_request_with("Order three", &[])], T);
     assert!(out[0]["reply"].is_null(), "{}", out[0]);
     assert_eq!(
         rig.count(
@@ -566,14 +534,14 @@ fn the_digest_is_queued_once_a_local_day_at_its_hour_and_lists_the_case_log() {
     let filed = "2026-11-20T10:00:00Z";
     let out = rig.ingest(
         &[
-            &police("Order A", &[]),        // LR-2026-0001: overdue
-            &police("Order B", &[]),        // 0002: due within 7 days
-            &police("Order C", &[]),        // 0003: due later
-            &police("Order D", &[]),        // 0004: responded, deadline passed
-            &police("Order E", &[]),        // 0005: closed
-            &forged("Forged order F"),      // 0006: quarantined
-            &forged("Forged order G"),      // 0007: quarantined
-            &foreign_request("Ersuchen H"), // 0008: out of jurisdiction
+            &police_request_with("Order A", &[]), // LR-2026-0001: overdue
+            &police_request_with("Order B", &[]), // 0002: due within 7 days
+            &police_request_with("Order C", &[]), // 0003: due later
+            &police_request_with("Order D", &[]), // 0004: responded, deadline passed
+            &police_request_with("Order E", &[]), // 0005: closed
+            &forged("Forged order F"),            // 0006: quarantined
+            &forged("Forged order G"),            // 0007: quarantined
+            &foreign_request("Ersuchen H"),       // 0008: out of jurisdiction
         ],
         filed,
     );
@@ -733,7 +701,7 @@ fn the_digest_is_queued_once_a_local_day_at_its_hour_and_lists_the_case_log() {
 fn the_daemon_queues_the_digest_by_itself_and_a_restart_does_not_repeat_it() {
     let sink = Sink::start();
     let rig = Rig::new(&sink, &notify(&[TEAM], 8));
-    rig.ingest(&[&police("Order", &[])], T);
+    rig.ingest(&[&police_request_with("Order", &[])], T);
     // After the filing (so its mail is due) and the digest hour.
     let now = "2026-11-02T10:30:00Z";
     let mut daemon = rig.command(&["run"], Some(now), "UTC").spawn().unwrap();
@@ -755,9 +723,9 @@ fn the_daemon_queues_the_digest_by_itself_and_a_restart_does_not_repeat_it() {
     // A restart the same day: the new notice goes out, the digest does not
     // again (the daemon's sending task looks for the digest before every
     // drain, so the notice arriving proves it looked).
-    rig.ingest(&[&police("Second order", &[])], T);
+    rig.ingest(&[&police_request_with("Second order", &[])], T);
     let mut daemon = rig.command(&["run"], Some(now), "UTC").spawn().unwrap();
-    wait_until(Duration::from_secs(30), "the second notice", || {
+    wait_for(Duration::from_secs(30), "the second notice", || {
         with_subject(&sink.received(), "[LR-2026-0002] New case").len() == 1
     });
     stop(&mut daemon);
@@ -774,8 +742,8 @@ fn the_daemon_queues_the_digest_by_itself_and_a_restart_does_not_repeat_it() {
 fn without_notify_nothing_is_queued_for_the_team() {
     let sink = Sink::start();
     let rig = Rig::new(&sink, "");
-    let first = police("Order", &[]);
-    let follow_up = police("Re: Order", &[("In-Reply-To", &message_id(&first))]);
+    let first = police_request_with("Order", &[]);
+    let follow_up = police_request_with("Re: Order", &[("In-Reply-To", &message_id(&first))]);
     rig.ingest(&[&first, &follow_up, &forged("Forged")], T);
     // Late in the day, in any zone: no digest either.
     rig.once("2026-11-02T23:30:00Z", "Europe/Gibraltar");

@@ -1,14 +1,14 @@
 //! Replies: the outgoing queue end to end. The real binary files requests
 //! (`ingest`, or `run --once` over a real Dovecot) and sends the replies
-//! to real SMTP servers on 127.0.0.1 (aiosmtpd, see `smtp_sink`); DKIM
+//! to real SMTP servers on 127.0.0.1 (aiosmtpd, see `testkit::smtp_sink`); DKIM
 //! signatures are verified by mail-auth against the test DNS server, where
 //! the reply keys are published.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use legal_intake::config::DkimSigning;
 use legal_intake::reply::{self, Reply, ReplyKind, Templates};
@@ -16,10 +16,10 @@ use legal_intake::signer::Signer;
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use rusqlite::Connection;
 use testkit::dkim::{KeyKind, TestKey, generate};
+use testkit::dovecot::Dovecot;
+use testkit::smtp_sink::{self, Broken, Misbehaviour, Options, Received, Sink};
 use time::macros::datetime;
 
-use crate::dovecot::Dovecot;
-use crate::smtp_sink::{self, Broken, Misbehaviour, Options, Received, Sink};
 use crate::support::*;
 
 /// The instant the tests file at (`LEGAL_INTAKE_NOW`).
@@ -140,11 +140,11 @@ impl Rig {
     }
 
     fn db(&self) -> Connection {
-        Connection::open(self.dir().join("cases.sqlite")).unwrap()
+        self.install.db()
     }
 
     fn count(&self, sql: &str) -> i64 {
-        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+        self.install.count(sql)
     }
 
     fn text(&self, sql: &str) -> String {
@@ -204,15 +204,6 @@ fn command(install: &Install, args: &[&str], now: Option<&str>) -> Command {
     cmd
 }
 
-fn police_request(subject: &str, extra_header: Option<(&str, &str)>) -> Vec<u8> {
-    let w = world();
-    let mut raw = request("Detective Inspector <officer@police.gi>", subject);
-    if let Some((name, value)) = extra_header {
-        raw = testkit::mail::with_header(&raw, name, value);
-    }
-    from_police_server(&signed(&raw, &w.keys.police, "police.gi", "s2026"))
-}
-
 /// DKIM results of a received reply, verified against the test DNS.
 fn dkim_results(data: &[u8]) -> Vec<(String, DkimResult)> {
     let (config, opts) = testkit::dns::resolver_config(world().dns_addr());
@@ -249,9 +240,9 @@ fn acknowledgement_and_rejection_arrive_once_each_signed_threaded_and_to_the_fro
     let rig = Rig::new(&smtp(sink.port, ""), DKIM_RSA);
     std::fs::write(rig.dir().join("dkim.pem"), &keys.rsa.private_pem).unwrap();
     // Reply-To names someone else: the reply must still go to From.
-    let ack = police_request(
+    let ack = police_request_with(
         "Production order RGP/2026/0117",
-        Some(("Reply-To", "collector@example.com")),
+        &[("Reply-To", "collector@example.com")],
     );
     let rej = foreign_request("Auskunftsersuchen");
     rig.ingest(&[ack, rej]);
@@ -486,7 +477,7 @@ fn a_subject_with_encoded_line_breaks_adds_no_header_to_the_reply() {
     // "Order\r\nBcc: victim@example.org\r\nX-Evil: 1" as an encoded word,
     // which a decoder turns back into line breaks.
     let subject = "=?utf-8?B?T3JkZXINCkJjYzogdmljdGltQGV4YW1wbGUub3JnDQpYLUV2aWw6IDE=?=";
-    rig.ingest(&[police_request(subject, None)]);
+    rig.ingest(&[police_request(subject)]);
     rig.once(Some(T));
     let got = sink.wait_for(1, Duration::from_secs(10));
     let r = &got[0];
@@ -518,8 +509,8 @@ fn automatic_requests_get_no_reply_and_the_reason_is_audited() {
         "<>",
     );
     rig.ingest(&[
-        police_request("Out of office", Some(("Auto-Submitted", "auto-replied"))),
-        police_request("Digest", Some(("List-Id", "<alerts.police.gi>"))),
+        police_request_with("Out of office", &[("Auto-Submitted", "auto-replied")]),
+        police_request_with("Digest", &[("List-Id", "<alerts.police.gi>")]),
         null_sender,
     ]);
     // `run --once` returns after its sends: the sink has all there is.
@@ -570,7 +561,7 @@ fn the_per_sender_daily_cap_holds() {
         "[limits]\nreplies_per_sender_per_day = 2\n",
     );
     let requests: Vec<Vec<u8>> = (0..4)
-        .map(|i| police_request(&format!("Request {i}"), None))
+        .map(|i| police_request(&format!("Request {i}")))
         .collect();
     rig.ingest(&requests);
     rig.once(Some(T));
@@ -590,7 +581,7 @@ fn the_per_sender_daily_cap_holds() {
 fn the_bytes_sent_are_kept_and_exported_whatever_the_templates_say_later() {
     let sink = Sink::start();
     let rig = Rig::new(&smtp(sink.port, ""), "");
-    rig.ingest(&[police_request("Order", None)]);
+    rig.ingest(&[police_request("Order")]);
     rig.once(Some(T));
     let got = sink.wait_for(1, Duration::from_secs(10));
     // The acknowledgement's template changes after it went out.
@@ -648,7 +639,7 @@ fn the_bytes_sent_are_kept_and_exported_whatever_the_templates_say_later() {
 fn a_server_that_is_down_makes_the_reply_wait_and_later_deliver_exactly_once() {
     let port = crate::support::free_port();
     let rig = Rig::new(&smtp(port, ""), "");
-    rig.ingest(&[police_request("Order", None)]);
+    rig.ingest(&[police_request("Order")]);
     let log = rig.once(Some(T));
     let (status, attempts, error, next) = rig.row();
     assert_eq!((status.as_str(), attempts), ("pending", 1), "{log}");
@@ -674,7 +665,7 @@ fn a_server_that_is_down_makes_the_reply_wait_and_later_deliver_exactly_once() {
     let mut daemon = command(&rig.install, &["run"], Some("2026-11-02T10:01:30Z"))
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(30), "the daemon's first pass", || {
+    wait_for(Duration::from_secs(30), "the daemon's first pass", || {
         rig.dovecot.mailboxes().iter().any(|m| m == "Quarantine")
     });
     thread::sleep(Duration::from_millis(1500));
@@ -711,7 +702,7 @@ fn a_server_that_is_down_makes_the_reply_wait_and_later_deliver_exactly_once() {
 fn a_reply_not_accepted_for_5_days_fails_and_a_person_can_send_it_again() {
     let port = crate::support::free_port();
     let rig = Rig::new(&smtp(port, ""), "");
-    rig.ingest(&[police_request("Order", None)]);
+    rig.ingest(&[police_request("Order")]);
     rig.once(Some("2026-11-07T09:59:00Z"));
     assert_eq!(rig.row().0, "pending", "not yet 5 days");
     rig.once(Some("2026-11-07T10:00:00Z"));
@@ -752,7 +743,7 @@ fn a_reply_not_accepted_for_5_days_fails_and_a_person_can_send_it_again() {
 fn a_connection_dropped_after_the_content_is_sent_again_unchanged_then_waits_for_a_person() {
     let broken = Broken::start(Misbehaviour::CloseAfterContent);
     let rig = Rig::new(&smtp(broken.port, ""), "");
-    rig.ingest(&[police_request("Order", None)]);
+    rig.ingest(&[police_request("Order")]);
     // The server may have the reply each time: the same bytes go again,
     // MAX_AUTO_RESENDS (3) times, a minute, two, four apart ...
     let drains = [
@@ -846,7 +837,7 @@ fn a_connection_dropped_after_the_content_is_sent_again_unchanged_then_waits_for
 fn a_connection_dropped_before_the_content_is_retried() {
     let broken = Broken::start(Misbehaviour::CloseAtData);
     let rig = Rig::new(&smtp(broken.port, ""), "");
-    rig.ingest(&[police_request("Order", None)]);
+    rig.ingest(&[police_request("Order")]);
     rig.once(Some(T));
     let (status, attempts, error, _) = rig.row();
     assert_eq!((status.as_str(), attempts), ("pending", 1), "{error:?}");
@@ -857,11 +848,11 @@ fn a_connection_dropped_before_the_content_is_retried() {
 fn a_process_killed_while_the_content_goes_out_is_followed_by_the_same_message() {
     let broken = Broken::start(Misbehaviour::HangAfterContent);
     let rig = Rig::new(&smtp(broken.port, ""), "");
-    rig.ingest(&[police_request("Order", None)]);
+    rig.ingest(&[police_request("Order")]);
     let mut child = command(&rig.install, &["run", "--once"], Some(T))
         .spawn()
         .unwrap();
-    wait_until(
+    wait_for(
         Duration::from_secs(30),
         "the content to reach the server",
         || !broken.contents.lock().unwrap().is_empty(),
@@ -907,11 +898,11 @@ fn a_process_killed_while_the_content_goes_out_is_followed_by_the_same_message()
 fn a_process_killed_before_the_content_goes_out_is_simply_tried_again() {
     let broken = Broken::start(Misbehaviour::HangAtData);
     let rig = Rig::new(&smtp(broken.port, ""), "");
-    rig.ingest(&[police_request("Order", None)]);
+    rig.ingest(&[police_request("Order")]);
     let mut child = command(&rig.install, &["run", "--once"], Some(T))
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(30), "the DATA command", || {
+    wait_for(Duration::from_secs(30), "the DATA command", || {
         broken.connections.load(std::sync::atomic::Ordering::SeqCst) == 1
             && rig.row().0 == "sending"
     });
@@ -1053,7 +1044,7 @@ fn starttls_implicit_tls_and_auth_with_the_password_file() {
         };
         let rig = Rig::new(&section("smtp.password"), "");
         std::fs::write(rig.dir().join("smtp.password"), "wrong\n").unwrap();
-        rig.ingest(&[police_request("Order", None)]);
+        rig.ingest(&[police_request("Order")]);
         let log = rig.once(Some(T));
         let (status, _, error, _) = rig.row();
         assert_eq!(
@@ -1091,7 +1082,7 @@ fn an_envelope_sender_can_be_configured() {
         &smtp(sink.port, "envelope_from = \"bounces@ivpn.net\"\n"),
         "",
     );
-    rig.ingest(&[police_request("Order", None)]);
+    rig.ingest(&[police_request("Order")]);
     rig.once(Some(T));
     let got = sink.wait_for(1, Duration::from_secs(10));
     assert_eq!(got[0].mail_from, "bounces@ivpn.net");
@@ -1101,7 +1092,7 @@ fn an_envelope_sender_can_be_configured() {
 fn run_once_files_from_dovecot_and_the_reply_arrives() {
     let sink = Sink::start();
     let rig = Rig::new(&smtp(sink.port, ""), "");
-    let raw = police_request("Search warrant", None);
+    let raw = police_request("Search warrant");
     rig.dovecot.append("INBOX", &raw);
     rig.once(None);
     assert_eq!(rig.dovecot.messages("Processed"), vec![raw]);
@@ -1159,24 +1150,4 @@ fn the_acknowledgement_as_rendered() {
 #[test]
 fn the_rejection_as_rendered() {
     insta::assert_snapshot!("rejection", snapshot_text(ReplyKind::Rejection));
-}
-
-/// Waits for `cond`, failing the test after `limit`.
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// SIGTERM, and the daemon must exit 0.
-fn stop(child: &mut Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
 }

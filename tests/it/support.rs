@@ -1,15 +1,22 @@
 //! Shared test world: one real DNS server on 127.0.0.1 with the zones of
 //! a few agencies, foreign senders and attackers, DKIM keys generated for
 //! this run, and helpers to build messages as the MX would store them and
-//! to run the real binary.
+//! to run the real binary. The mail servers the tests talk to are
+//! testkit's ([`testkit::dovecot`], [`testkit::smtp_sink`],
+//! [`testkit::postfix`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use legal_intake::config::{self, Config};
+use rusqlite::Connection;
 use testkit::dkim::{KeyKind, SignOptions, TestKey, generate, sign};
 use testkit::dns::{DnsServer, Zone};
+use testkit::dovecot::Dovecot;
+
+pub use testkit::free_port;
 
 /// The trusted MX of the test installation.
 pub const MX: &str = "mx1.ivpn.net";
@@ -235,6 +242,33 @@ domains = ["gibraltar.gov.gi"]
         );
         serde_json::from_slice(&out.stdout).expect("verify --json prints JSON")
     }
+
+    /// The installation's case log.
+    pub fn db(&self) -> Connection {
+        Connection::open(self.dir.path().join("cases.sqlite")).unwrap()
+    }
+
+    /// The one integer a query such as `SELECT count(*) ...` returns.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+}
+
+/// The product's view of a [`Dovecot`]: its `[imap]` section read through
+/// the real configuration loader (testkit knows nothing of the product's
+/// configuration types).
+pub trait DovecotImap {
+    /// [`Dovecot::imap_config`] parsed as the daemon would see it.
+    fn imap(&self, extra: &str) -> config::Imap;
+}
+
+impl DovecotImap for Dovecot {
+    fn imap(&self, extra: &str) -> config::Imap {
+        let path = self.dir().join("config.toml");
+        Config::parse(&path, &self.imap_config(extra))
+            .unwrap_or_else(|e| panic!("the harness wrote a bad [imap] section: {e}"))
+            .imap
+    }
 }
 
 /// A request as the sender writes it.
@@ -275,6 +309,30 @@ pub fn from_police_server(raw: &[u8]) -> Vec<u8> {
 /// their server.
 pub fn police_request(subject: &str) -> Vec<u8> {
     police_request_from("Detective Inspector <officer@police.gi>", subject)
+}
+
+/// [`police_request`] with extra header fields (added before signing).
+pub fn police_request_with(subject: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut raw = request("Detective Inspector <officer@police.gi>", subject);
+    for (name, value) in headers {
+        raw = testkit::mail::with_header(&raw, name, value);
+    }
+    from_police_server(&signed(&raw, &world().keys.police, "police.gi", "s2026"))
+}
+
+/// A request claiming to be from the police, with no evidence: quarantined.
+pub fn forged(subject: &str) -> Vec<u8> {
+    request("Detective Inspector <officer@police.gi>", subject)
+}
+
+/// The `Message-ID` of a message as written (angle brackets included).
+pub fn message_id(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Message-ID: "))
+        .expect("a Message-ID")
+        .trim()
+        .to_string()
 }
 
 /// A police request whose key server fails (SERVFAIL) and that has no
@@ -324,12 +382,15 @@ pub fn wait_for(limit: std::time::Duration, what: &str, mut cond: impl FnMut() -
     }
 }
 
-/// A port that was free a moment ago (chosen by the OS, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
+/// SIGTERM to a daemon started by a test, which must exit 0.
+pub fn stop(child: &mut Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
 }
 
 /// The caller a test's commands claim to have come through sudo from.
@@ -338,11 +399,16 @@ pub const SUDO_CALLER: &str = "alice";
 /// The audit actor of a command run by this test process with `USER=mallory`
 /// and `SUDO_USER=alice`: the real uid's name, the sudo caller named as such.
 pub fn operator() -> String {
+    let me = real_user();
+    assert!(!me.is_empty() && me != "mallory");
+    format!("{me} (sudo from {SUDO_CALLER})")
+}
+
+/// The name of this test process's real user, as `id -un` prints it.
+pub fn real_user() -> String {
     let id = std::process::Command::new("id")
         .arg("-un")
         .output()
         .expect("id -un");
-    let me = String::from_utf8_lossy(&id.stdout).trim().to_string();
-    assert!(!me.is_empty() && me != "mallory");
-    format!("{me} (sudo from {SUDO_CALLER})")
+    String::from_utf8_lossy(&id.stdout).trim().to_string()
 }

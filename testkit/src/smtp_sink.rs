@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::support::free_port;
+use crate::free_port;
 
 /// The AUTH user the sink accepts when started with [`Options::auth`].
 pub const USER: &str = "legal@ivpn.net";
@@ -130,8 +130,11 @@ pub struct Options {
 pub struct Received {
     /// The reverse path as aiosmtpd reports it: `<>` for the null path.
     pub mail_from: String,
+    /// The forward paths, one per accepted `RCPT TO`.
     pub rcpt_tos: Vec<String>,
+    /// The name the client gave in EHLO (or HELO).
     pub helo: String,
+    /// Whether the session was TLS (STARTTLS or implicit).
     pub tls: bool,
     /// The AUTH identity, if the client authenticated.
     pub login: Option<String>,
@@ -140,6 +143,7 @@ pub struct Received {
 }
 
 impl Received {
+    /// The message as (lossy) UTF-8 text.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.data).to_string()
     }
@@ -185,6 +189,7 @@ impl Received {
 pub struct Sink {
     dir: tempfile::TempDir,
     child: Child,
+    /// The port it listens on, on 127.0.0.1.
     pub port: u16,
     ca: Option<PathBuf>,
 }
@@ -201,6 +206,7 @@ impl Sink {
         Self::start_with(port, Options::default())
     }
 
+    /// A sink on `port` set up as `options` say.
     pub fn start_with(port: u16, options: Options) -> Sink {
         let python = python();
         let dir = tempfile::Builder::new()
@@ -436,6 +442,7 @@ pub enum Misbehaviour {
 
 /// A hand-written SMTP server that breaks its transactions (module docs).
 pub struct Broken {
+    /// The port it listens on, on 127.0.0.1 (chosen by the OS).
     pub port: u16,
     /// Message contents it read in full (up to the final dot).
     pub contents: Arc<Mutex<Vec<Vec<u8>>>>,
@@ -445,6 +452,7 @@ pub struct Broken {
 }
 
 impl Broken {
+    /// Starts a server that ends every transaction `how` says.
     pub fn start(how: Misbehaviour) -> Broken {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();

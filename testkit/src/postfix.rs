@@ -1,7 +1,7 @@
 //! A throwaway Postfix (Debian's `postfix`, 3.7) on 127.0.0.1 as the
-//! trusted MX `mx1.ivpn.net`, relaying `ivpn.net` over LMTP to a Dovecot
-//! of the tests: the real chain that writes the `Received` line the
-//! product takes as SPF evidence.
+//! trusted MX (the tests' `mx1.ivpn.net`, passed to [`Postfix::start`]),
+//! relaying `ivpn.net` over LMTP to a Dovecot of the tests: the real chain
+//! that writes the `Received` line the product takes as SPF evidence.
 //!
 //! Each [`Postfix`] is its own instance in a temporary folder: its own
 //! `config_directory`, `queue_directory`, `data_directory` and log file,
@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::dovecot::stop;
-use crate::support::{MX, free_port};
+use crate::free_port;
 
 const MASTER: &str = "/usr/lib/postfix/sbin/master";
 /// How long Postfix may take to start answering.
@@ -38,9 +38,10 @@ pub struct Postfix {
 }
 
 impl Postfix {
-    /// Starts an MX for `ivpn.net` that delivers over LMTP to
+    /// Starts an MX named `myhostname` (the name its `Received` lines
+    /// carry) for `ivpn.net` that delivers over LMTP to
     /// 127.0.0.1:`lmtp_port`.
-    pub fn start(lmtp_port: u16) -> Postfix {
+    pub fn start(myhostname: &str, lmtp_port: u16) -> Postfix {
         assert!(
             Path::new(MASTER).is_file(),
             "the MTA tests need Postfix, and {MASTER} was not found: \
@@ -74,7 +75,11 @@ impl Postfix {
         let mut last_failure = String::new();
         for _ in 0..5 {
             let port = free_port();
-            fs::write(root.join("conf/main.cf"), main_cf(&root, lmtp_port)).unwrap();
+            fs::write(
+                root.join("conf/main.cf"),
+                main_cf(&root, myhostname, lmtp_port),
+            )
+            .unwrap();
             fs::write(root.join("conf/master.cf"), master_cf(port)).unwrap();
             // `postfix check` creates the queue's folders with the owners
             // and modes Postfix wants.
@@ -175,7 +180,7 @@ impl Drop for Postfix {
     }
 }
 
-fn main_cf(root: &Path, lmtp_port: u16) -> String {
+fn main_cf(root: &Path, myhostname: &str, lmtp_port: u16) -> String {
     let r = root.display();
     format!(
         "# legal-intake test instance (generated)
@@ -185,7 +190,7 @@ queue_directory = {r}/queue
 data_directory = {r}/data
 mail_owner = postfix
 setgid_group = postdrop
-myhostname = {MX}
+myhostname = {myhostname}
 mydestination =
 relay_domains = ivpn.net
 relay_transport = lmtp:inet:[127.0.0.1]:{lmtp_port}

@@ -24,9 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use legal_intake::config::{self, Config};
-
-use crate::support::free_port;
+use crate::free_port;
 
 /// The test user's login name.
 pub const USER: &str = "legal@ivpn.net";
@@ -254,15 +252,6 @@ impl Dovecot {
         )
     }
 
-    /// [`Dovecot::imap_config`] read through the real configuration
-    /// loader, as the daemon would see it.
-    pub fn imap(&self, extra: &str) -> config::Imap {
-        let path = self.dir.path().join("config.toml");
-        Config::parse(&path, &self.imap_config(extra))
-            .unwrap_or_else(|e| panic!("the harness wrote a bad [imap] section: {e}"))
-            .imap
-    }
-
     /// A cloneable handle for the side client, for use from another thread.
     pub fn account(&self) -> Account {
         self.account.clone()
@@ -293,6 +282,7 @@ impl Dovecot {
         self.account.mailboxes()
     }
 
+    /// Creates a mailbox.
     pub fn create_mailbox(&self, name: &str) {
         self.account.create_mailbox(name)
     }
@@ -345,7 +335,7 @@ fn wait_ready(child: &mut Child, port: u16, tls_port: Option<u16>) -> Result<(),
 
 /// SIGTERM to a server's master process (which stops its children), a
 /// few seconds' grace, then SIGKILL. Shared with the Postfix harness.
-pub fn stop(child: &mut Child) {
+pub(crate) fn stop(child: &mut Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
@@ -737,9 +727,11 @@ fn answer_tokeninfo(
 /// One message as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
+    /// Its UID in the mailbox.
     pub uid: u32,
     /// Flags and keywords as the server lists them (`\Seen`, `$Label`).
     pub flags: Vec<String>,
+    /// The message's bytes as stored (`BODY[]`).
     pub raw: Vec<u8>,
 }
 
@@ -844,10 +836,12 @@ impl Account {
             .collect()
     }
 
+    /// Creates a mailbox.
     pub fn create_mailbox(&self, name: &str) {
         Conn::open(self).command(&format!("CREATE {}", quoted(name)));
     }
 
+    /// Deletes a mailbox; re-creating it gives it a new UIDVALIDITY.
     pub fn delete_mailbox(&self, name: &str) {
         Conn::open(self).command(&format!("DELETE {}", quoted(name)));
     }
