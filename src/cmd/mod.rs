@@ -226,3 +226,36 @@ pub fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
         std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
     }
 }
+
+/// An input opened ahead of its turn: a file whose pages the kernel has
+/// been asked to start reading (`POSIX_FADV_WILLNEED`), so that by the
+/// time a worker reads it the read is a copy, not a wait on the disk.
+/// Standard input is read when its turn comes.
+pub enum Opened {
+    Stdin,
+    File(std::io::Result<std::fs::File>),
+}
+
+pub fn open_ahead(path: &PathBuf) -> Opened {
+    if path.as_os_str() == "-" {
+        return Opened::Stdin;
+    }
+    Opened::File(std::fs::File::open(path).inspect(|file| {
+        use std::os::fd::AsRawFd;
+        // Only a hint: the read below is correct whatever it returns.
+        // SAFETY: the descriptor is open and owned by `file`.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+    }))
+}
+
+pub fn read_opened(path: &PathBuf, opened: Opened) -> anyhow::Result<Vec<u8>> {
+    match opened {
+        Opened::Stdin => read_input(path),
+        Opened::File(file) => {
+            let mut buf = Vec::new();
+            file.and_then(|mut f| f.read_to_end(&mut buf))
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(buf)
+        }
+    }
+}

@@ -4,6 +4,8 @@
 //! Messages are judged concurrently on the runtime's worker threads (RSA
 //! verification is CPU work) while the output keeps the order of the
 //! arguments; at most [`WINDOW`] messages are held in memory at once.
+//! Each file is opened, and its pages asked for, when it enters the window,
+//! so the disk works ahead of the workers instead of stalling them.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -128,9 +130,10 @@ pub async fn run(judge: Judge, files: Vec<PathBuf>, json: bool) -> anyhow::Resul
     let mut rendered = futures_util::stream::iter(files)
         .map(|path| {
             let judge = judge.clone();
+            let opened = super::open_ahead(&path);
             tokio::spawn(async move {
                 let name = path.display().to_string();
-                let raw = super::read_input(&path)?;
+                let raw = super::read_opened(&path, opened)?;
                 let j = judge.judge(&raw, &History::default()).await;
                 let report = Report::new(name, j);
                 anyhow::Ok(if !json {
