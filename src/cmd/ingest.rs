@@ -6,20 +6,19 @@
 //! messages per transaction, one fsync for all of them — on a blocking
 //! thread, so the database never stalls the runtime. The line for a
 //! message is printed only after the transaction holding it has
-//! committed. At most [`WINDOW`] messages (and about [`WINDOW_BYTES`]) are
+//! committed. At most [`WINDOW`] messages (and about [`WINDOW_KIB`] KiB) are
 //! held in memory at once.
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
+use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::task::JoinHandle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::clock::Clock;
-use crate::cmd::read_input;
 use crate::config::Config;
 use crate::judge::Judge;
 use crate::pipeline::{Filer, Filing, Outcome, Prepared};
@@ -29,9 +28,9 @@ use crate::triage::Triage;
 /// Messages being prepared at once.
 const WINDOW: usize = 256;
 
-/// Bytes of messages held at once, beyond which no new file is read (one
+/// KiB of messages held at once, beyond which no new file is read (one
 /// message is always allowed, whatever its size).
-const WINDOW_BYTES: u64 = 256 * 1024 * 1024;
+const WINDOW_KIB: usize = 256 * 1024;
 
 /// The most messages filed in one transaction.
 const BATCH: usize = 128;
@@ -75,11 +74,12 @@ fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
 
-/// A file being read and prepared.
-struct Pending {
+/// A message prepared, and the share of [`WINDOW_KIB`] it holds until
+/// it is filed.
+struct Ready {
     name: String,
-    bytes: u64,
-    task: JoinHandle<anyhow::Result<Prepared>>,
+    prepared: anyhow::Result<Prepared>,
+    held: OwnedSemaphorePermit,
 }
 
 /// How an `ingest` run ended, for its exit status.
@@ -112,48 +112,63 @@ pub async fn run(
     let mut store = tokio::task::spawn_blocking(move || Store::open(&path)).await??;
     store.checkpoint_in_background()?;
 
-    let mut files = files.into_iter();
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut held: u64 = 0;
+    // The window: messages are opened in order, each waiting for its share
+    // of the byte budget (in KiB; one message may always have it all),
+    // prepared concurrently, and handed over in order in batches of what
+    // is already prepared.
+    let budget = Arc::new(Semaphore::new(WINDOW_KIB));
+    #[expect(
+        clippy::async_yields_async,
+        reason = "the window's stage waits for the budget and yields the task, which `buffered` awaits"
+    )]
+    let mut batches = std::pin::pin!(
+        futures_util::stream::iter(files)
+            .then(|path| {
+                let (judge, triage, budget) = (judge.clone(), triage.clone(), budget.clone());
+                async move {
+                    let opened = super::open_ahead(&path);
+                    let kib = opened.size().div_ceil(1024).clamp(1, WINDOW_KIB as u64) as u32;
+                    let held = budget
+                        .acquire_many_owned(kib)
+                        .await
+                        .expect("the window's semaphore is never closed");
+                    let name = path.display().to_string();
+                    let source = format!("ingest:{}", crate::text::clean(&name, 200));
+                    tokio::spawn(async move {
+                        let prepared = async {
+                            let raw = super::read_opened(&path, opened)?;
+                            let sha256 = crate::audit::sha256_hex(&raw);
+                            anyhow::Ok(
+                                Prepared::prepare(&judge, &triage, source, raw, sha256).await,
+                            )
+                        };
+                        Ready {
+                            name,
+                            prepared: prepared.await,
+                            held,
+                        }
+                    })
+                }
+            })
+            .buffered(WINDOW)
+            .ready_chunks(BATCH)
+    );
     let mut all_ok = true;
     let mut deferred = false;
     let mut lines = Vec::new();
     let mut stdout = std::io::stdout().lock();
 
-    loop {
-        // Keep the examination window full.
-        while pending.len() < WINDOW && (pending.is_empty() || held < WINDOW_BYTES) {
-            let Some(path) = files.next() else { break };
-            let name = path.display().to_string();
-            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-            held += bytes;
-            let (judge, triage) = (judge.clone(), triage.clone());
-            let source = format!("ingest:{}", crate::text::clean(&name, 200));
-            let task = tokio::spawn(async move {
-                let raw = read_input(&path)?;
-                let sha256 = crate::audit::sha256_hex(&raw);
-                anyhow::Ok(Prepared::prepare(&judge, &triage, source, raw, sha256).await)
-            });
-            pending.push_back(Pending { name, bytes, task });
-        }
-        let Some(first) = pending.pop_front() else {
-            break;
-        };
-
-        // A batch: the next message in order, and those after it that are
-        // already prepared.
-        let mut batch = vec![first];
-        while batch.len() < BATCH && pending.front().is_some_and(|p| p.task.is_finished()) {
-            batch.extend(pending.pop_front());
-        }
+    while let Some(batch) = batches.next().await {
         let mut names = Vec::new();
         let mut items = Vec::new();
-        for p in batch {
-            held -= p.bytes;
-            match p.task.await.context("examining a message failed")? {
+        let mut held = Vec::new();
+        for ready in batch {
+            let ready = ready.context("examining a message failed")?;
+            match ready.prepared {
                 Ok(item) => {
-                    names.push(p.name);
+                    names.push(ready.name);
                     items.push(item);
+                    held.push(ready.held);
                 }
                 Err(e) => {
                     all_ok = false;
@@ -182,6 +197,7 @@ pub async fn run(
         // A failed commit loses the whole batch: stop rather than report
         // later messages as filed around a hole.
         let outcomes = outcomes?;
+        drop(held);
 
         for (name, outcome) in names.into_iter().zip(outcomes) {
             match outcome {

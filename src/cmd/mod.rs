@@ -248,6 +248,17 @@ pub fn open_ahead(path: &PathBuf) -> Opened {
     }))
 }
 
+impl Opened {
+    /// The file's size as it was opened (0 for standard input or a file
+    /// that could not be opened).
+    pub fn size(&self) -> u64 {
+        match self {
+            Opened::File(Ok(file)) => file.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        }
+    }
+}
+
 pub fn read_opened(path: &PathBuf, opened: Opened) -> anyhow::Result<Vec<u8>> {
     match opened {
         Opened::Stdin => read_input(path),
