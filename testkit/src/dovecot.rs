@@ -16,14 +16,15 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::accept::Acceptor;
 use crate::free_port;
 
 /// The test user's login name.
@@ -142,7 +143,7 @@ impl Dovecot {
                 root.join("dovecot-oauth2.conf.ext"),
                 format!(
                     "tokeninfo_url = http://127.0.0.1:{}/tokeninfo?access_token=\nusername_attribute = email\n",
-                    oauth.port
+                    oauth.accept.port
                 ),
             )
             .unwrap();
@@ -641,44 +642,24 @@ fn make_certificates(root: &Path) -> PathBuf {
 /// A minimal HTTP endpoint in the style of Google's tokeninfo: a known
 /// token gets `{"email": USER}`, anything else 401.
 struct TokenInfo {
-    port: u16,
     valid: Arc<Mutex<HashSet<String>>>,
     seen: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
+    accept: Acceptor,
 }
 
 impl TokenInfo {
     fn start() -> TokenInfo {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the token-info endpoint");
-        let port = listener.local_addr().unwrap().port();
         let valid = Arc::new(Mutex::new(HashSet::new()));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (v, s, st) = (valid.clone(), seen.clone(), stop.clone());
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.load(Ordering::Relaxed) {
-                    break;
-                }
-                if let Ok(conn) = conn {
-                    let _ = answer_tokeninfo(conn, &v, &s);
-                }
-            }
+        let (v, s) = (valid.clone(), seen.clone());
+        let accept = Acceptor::start("token-info endpoint", move |conn, _| {
+            let _ = answer_tokeninfo(conn, &v, &s);
         });
         TokenInfo {
-            port,
             valid,
             seen,
-            stop,
+            accept,
         }
-    }
-}
-
-impl Drop for TokenInfo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop so that it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 

@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod dkim;
 pub mod dns;
 pub mod dovecot;

@@ -20,7 +20,7 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::accept::Acceptor;
 use crate::free_port;
 
 /// The AUTH user the sink accepts when started with [`Options::auth`].
@@ -448,45 +449,28 @@ pub struct Broken {
     pub contents: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Connections accepted.
     pub connections: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
+    _accept: Acceptor,
 }
 
 impl Broken {
     /// Starts a server that ends every transaction `how` says.
     pub fn start(how: Misbehaviour) -> Broken {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let contents = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (c, n, s) = (contents.clone(), connections.clone(), stop.clone());
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                if s.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { break };
-                n.fetch_add(1, Ordering::SeqCst);
-                let (c, s) = (c.clone(), s.clone());
-                thread::spawn(move || {
-                    let _ = converse(stream, how, &c, &s);
-                });
-            }
+        let (c, n) = (contents.clone(), connections.clone());
+        let accept = Acceptor::start("broken SMTP server", move |stream, stop| {
+            n.fetch_add(1, Ordering::SeqCst);
+            let (c, s) = (c.clone(), stop.clone());
+            thread::spawn(move || {
+                let _ = converse(stream, how, &c, &s);
+            });
         });
         Broken {
-            port,
+            port: accept.port,
             contents,
             connections,
-            stop,
+            _accept: accept,
         }
-    }
-}
-
-impl Drop for Broken {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 
