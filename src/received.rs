@@ -459,6 +459,13 @@ mod tests {
             "gw.police.gi",
             "1:db8::10",
         );
+        // The `IPv6:` tag in any case (RFC 5321's ABNF strings are
+        // case-insensitive; the fuzz target's check once knew two spellings).
+        ok(
+            "from helo.example (unknown [iPv6:2001:db8::25])\r\n\tby mx1.ivpn.net (Postfix) with ESMTP id 5Y; Mon, 2 Nov 2026 10:00:00 +0000",
+            "helo.example",
+            "2001:db8::25",
+        );
         let h = read("from mx1.ivpn.net ([127.0.0.1]) by mx1.ivpn.net (Dovecot) with LMTP id B2");
         assert_eq!(h.with.as_deref(), Some("LMTP"));
         assert!(!h.is_smtp() && h.is_lmtp());

@@ -17,10 +17,11 @@ fuzz_target!(|data: &[u8]| {
         // literal (in any spelling that parses to it: `[0001:db8::10]`).
         let written = value.split('[').skip(1).filter_map(|rest| {
             let inner = rest.split(']').next()?;
-            let inner = inner
-                .strip_prefix("IPv6:")
-                .or_else(|| inner.strip_prefix("ipv6:"))
-                .unwrap_or(inner);
+            // The tag is case-insensitive (RFC 5321 ABNF): `iPv6:` too.
+            let inner = match inner.get(..5) {
+                Some(tag) if tag.eq_ignore_ascii_case("ipv6:") => &inner[5..],
+                _ => inner,
+            };
             inner.parse::<std::net::IpAddr>().ok()
         });
         assert!(
