@@ -54,6 +54,16 @@ pub mod kind {
     pub const FIELD_CHANGED: &str = "field_changed";
     pub const NOTE: &str = "note";
     pub const CASE_EXPORTED: &str = "case_exported";
+    /// The case board's accounts (`users`): no case, and never a password
+    /// or its hash in the data.
+    pub const ACCOUNT_ADDED: &str = "account_added";
+    pub const ACCOUNT_PASSWORD: &str = "account_password_changed";
+    pub const ACCOUNT_DISABLED: &str = "account_disabled";
+    pub const ACCOUNT_ENABLED: &str = "account_enabled";
+    /// A session of the board started or ended by its account (a failed
+    /// login is a log line, not an event: the chain is not for noise).
+    pub const SIGNED_IN: &str = "signed_in";
+    pub const SIGNED_OUT: &str = "signed_out";
 }
 
 /// The actor recorded for what the daemon and `ingest` do by themselves.

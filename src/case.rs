@@ -273,6 +273,10 @@ impl ReplyKind {
     }
 }
 
+/// Days after a verified request was opened by which its duplicate hard
+/// copy should have been served in person (a reminder, not a rule).
+pub const HARD_COPY_DAYS: i64 = 14;
+
 /// A case as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct Case {
@@ -348,6 +352,42 @@ impl Case {
             m.insert(f.as_str().into(), self.value(f));
         }
         m
+    }
+
+    /// What the legal team should be reminded of on the local day
+    /// `today`: the duplicate hard copy still not served
+    /// [`HARD_COPY_DAYS`] days after an agency's request was opened, and a
+    /// prohibition on telling the user whose end date has come (the user
+    /// may now be told).
+    pub fn reminders(&self, today: time::Date) -> Vec<String> {
+        let today = crate::clock::day(today);
+        let mut out = Vec::new();
+        let awaiting_hard_copy = matches!(
+            self.status,
+            Status::Received | Status::UnderReview | Status::Challenged
+        );
+        if awaiting_hard_copy && self.authenticated && self.hard_copy_served.is_none() {
+            let opened = self.opened_at.get(..10).unwrap_or(&self.opened_at);
+            let due = time::Date::parse(opened, crate::clock::DAY)
+                .ok()
+                .map(|d| crate::clock::day(d + time::Duration::days(HARD_COPY_DAYS)));
+            if due.is_some_and(|due| due <= today) {
+                out.push(format!(
+                    "hard copy not served {HARD_COPY_DAYS} days after the request (opened {opened})"
+                ));
+            }
+        }
+        if self.status != Status::Closed
+            && self.user_notice == UserNotice::Prohibited
+            && let Some(until) = &self.user_notice_until
+            && until.get(..10).unwrap_or(until) <= today.as_str()
+        {
+            out.push(format!(
+                "the prohibition on telling the user ended on {}: the user may now be told",
+                until.get(..10).unwrap_or(until)
+            ));
+        }
+        out
     }
 
     /// The current value of a field, as events record it.

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::accounts::Role;
 use crate::case::{self, DateSetting, Reference, Status, UserNotice};
 use crate::config;
 use crate::triage::RequestKind;
@@ -68,6 +69,14 @@ pub enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// The case board: the legal team's web workspace on `web.listen`
+    /// (loopback; TLS at the host's reverse proxy).
+    Serve,
+    /// The case board's accounts.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
     },
     /// Validate the configuration (and the signing key and templates) and
     /// print a one-line summary; exit 2 naming the file, key and reason.
@@ -156,6 +165,48 @@ pub enum CasesCommand {
 }
 
 #[derive(Subcommand)]
+pub enum UsersCommand {
+    /// Add an account; its password is read from --password-file or
+    /// standard input (asked twice on a terminal), never an argument.
+    Add {
+        /// 1 to 32 of a-z, 0-9, `.`, `_`, `-`.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// viewer: reads everything; editor: also changes cases.
+        #[arg(long, value_name = "viewer|editor", value_parser = parse_role)]
+        role: Role,
+        /// A file whose first line is the password (at least 12 characters).
+        #[arg(long, value_name = "PATH")]
+        password_file: Option<PathBuf>,
+    },
+    /// Set a new password; the account's sessions end.
+    Passwd {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// A file whose first line is the password (at least 12 characters).
+        #[arg(long, value_name = "PATH")]
+        password_file: Option<PathBuf>,
+    },
+    /// Disable an account (it is kept: the audit trail names it); its
+    /// sessions end.
+    Disable {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Enable a disabled account again.
+    Enable {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// List the accounts.
+    List {
+        /// Print one JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum AuditCommand {
     /// Recompute the hash chain and check every stored message against it.
     Verify {
@@ -164,6 +215,10 @@ pub enum AuditCommand {
         #[arg(long, value_name = "HASH")]
         head: Option<String>,
     },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse()
 }
 
 fn parse_reference(s: &str) -> Result<Reference, String> {

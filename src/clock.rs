@@ -15,7 +15,7 @@ const STAMP: &[BorrowedFormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
 
 /// The stored form of a calendar date.
-const DAY: &[BorrowedFormatItem<'static>] = format_description!("[year]-[month]-[day]");
+pub const DAY: &[BorrowedFormatItem<'static>] = format_description!("[year]-[month]-[day]");
 
 /// Where "now" comes from.
 #[derive(Debug, Clone, Copy)]

@@ -70,6 +70,8 @@ pub struct Config {
     /// The Prometheus endpoint of `run`; `None` without a `[metrics]`
     /// section.
     pub metrics: Option<Metrics>,
+    /// The case board of `serve`; `None` without a `[web]` section.
+    pub web: Option<Web>,
     /// The allowlist of agencies with jurisdiction in Gibraltar.
     pub agencies: Vec<Agency>,
 }
@@ -176,6 +178,18 @@ pub struct Metrics {
     pub allow_remote: bool,
 }
 
+/// The case board (`serve`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Web {
+    /// The address and port the board listens on (plain HTTP: TLS is the
+    /// reverse proxy's).
+    pub listen: SocketAddr,
+    /// Whether `listen` may be other than a loopback address.
+    pub allow_remote: bool,
+    /// How long a session lasts after signing in, in hours.
+    pub session_hours: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Agency {
     pub name: String,
@@ -204,6 +218,7 @@ struct RawConfig {
     #[serde(default)]
     triage: RawTriage,
     metrics: Option<RawMetrics>,
+    web: Option<RawWeb>,
     #[serde(default)]
     agency: Vec<RawAgency>,
 }
@@ -303,6 +318,14 @@ struct RawMetrics {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: Option<String>,
+    allow_remote: Option<bool>,
+    session_hours: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawAgency {
     name: Option<String>,
     #[serde(default)]
@@ -361,7 +384,10 @@ impl Config {
             self.store.database.display()
         ) + &self.metrics.as_ref().map_or_else(String::new, |m| {
             format!(", metrics http://{}/metrics", m.listen)
-        })
+        }) + &self
+            .web
+            .as_ref()
+            .map_or_else(String::new, |w| format!(", board http://{}/", w.listen))
     }
 }
 
@@ -481,6 +507,18 @@ impl Validator<'_> {
         let limits = self.limits(raw.limits)?;
         let triage = self.triage(raw.triage)?;
         let metrics = raw.metrics.map(|m| self.metrics(m)).transpose()?;
+        let web = raw.web.map(|w| self.web(w)).transpose()?;
+        if let (Some(m), Some(w)) = (&metrics, &web)
+            && m.listen == w.listen
+        {
+            return Err(self.err(
+                "web.listen",
+                format!(
+                    "`{}` is metrics.listen too; give each its own port",
+                    w.listen
+                ),
+            ));
+        }
         let agencies = self.agencies(raw.agency)?;
         for (i, own) in auth.own_domains.iter().enumerate() {
             if let Some(a) = agencies.iter().find(|a| {
@@ -509,6 +547,7 @@ impl Validator<'_> {
             limits,
             triage,
             metrics,
+            web,
             agencies,
         })
     }
@@ -764,35 +803,76 @@ impl Validator<'_> {
     }
 
     fn metrics(&self, r: RawMetrics) -> Result<Metrics, ConfigError> {
-        let listen = self.non_empty("metrics.listen", r.listen)?;
+        let allow_remote = r.allow_remote.unwrap_or(false);
+        let listen = self.listen(
+            "metrics",
+            r.listen,
+            allow_remote,
+            "Prometheus has to know where to scrape",
+            "the figures reveal case activity",
+        )?;
+        Ok(Metrics {
+            listen,
+            allow_remote,
+        })
+    }
+
+    fn web(&self, r: RawWeb) -> Result<Web, ConfigError> {
+        let allow_remote = r.allow_remote.unwrap_or(false);
+        let listen = self.listen(
+            "web",
+            r.listen,
+            allow_remote,
+            "the reverse proxy has to know where to forward",
+            "the board shows the cases themselves",
+        )?;
+        let session_hours = r.session_hours.unwrap_or(8);
+        if !(1..=168).contains(&session_hours) {
+            return Err(self.err(
+                "web.session_hours",
+                format!("{session_hours} is out of range: 1 to 168 (a week)"),
+            ));
+        }
+        Ok(Web {
+            listen,
+            allow_remote,
+            session_hours,
+        })
+    }
+
+    /// `SECTION.listen`: an address and a port, on loopback unless
+    /// `allow_remote` says otherwise.
+    fn listen(
+        &self,
+        section: &str,
+        listen: Option<String>,
+        allow_remote: bool,
+        why_port: &str,
+        why_loopback: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        let key = format!("{section}.listen");
+        let listen = self.non_empty(&key, listen)?;
         let addr = listen.trim().parse::<SocketAddr>().map_err(|_| {
             self.err(
-                "metrics.listen",
+                &key,
                 format!(
                     "`{listen}` is not an address and port such as `127.0.0.1:9187` or `[::1]:9187`"
                 ),
             )
         })?;
         if addr.port() == 0 {
-            return Err(self.err(
-                "metrics.listen",
-                "must name a port (Prometheus has to know where to scrape)",
-            ));
+            return Err(self.err(&key, format!("must name a port ({why_port})")));
         }
-        let allow_remote = r.allow_remote.unwrap_or(false);
         if !addr.ip().is_loopback() && !allow_remote {
             return Err(self.err(
-                "metrics.listen",
+                &key,
                 format!(
-                    "`{addr}` is reachable from other machines, and the figures reveal case activity; \
+                    "`{addr}` is reachable from other machines, and {why_loopback}; \
                      listen on 127.0.0.1 or ::1, or set `allow_remote = true` behind a firewall"
                 ),
             ));
         }
-        Ok(Metrics {
-            listen: addr,
-            allow_remote,
-        })
+        Ok(addr)
     }
 
     fn agencies(&self, raw: Vec<RawAgency>) -> Result<Vec<Agency>, ConfigError> {
@@ -930,6 +1010,39 @@ mod tests {
             ),
             "smtp.from",
             "single mailbox",
+        );
+    }
+
+    #[test]
+    fn the_board_listens_on_loopback_with_bounded_sessions() {
+        let c = Config::parse(
+            Path::new("/etc/x/config.toml"),
+            &format!("{MINIMAL}[web]\nlisten = \"127.0.0.1:8025\"\n"),
+        )
+        .unwrap();
+        let w = c.web.as_ref().expect("a [web] section");
+        assert_eq!(
+            (w.listen.to_string().as_str(), w.session_hours),
+            ("127.0.0.1:8025", 8)
+        );
+        assert!(c.summary().ends_with(", board http://127.0.0.1:8025/"));
+        check(
+            &format!("{MINIMAL}[web]\nlisten = \"192.0.2.7:8025\"\n"),
+            "web.listen",
+            "the board shows the cases",
+        );
+        check(&format!("{MINIMAL}[web]\n"), "web.listen", "is required");
+        check(
+            &format!("{MINIMAL}[web]\nlisten = \"127.0.0.1:8025\"\nsession_hours = 0\n"),
+            "web.session_hours",
+            "1 to 168",
+        );
+        check(
+            &format!(
+                "{MINIMAL}[web]\nlisten = \"127.0.0.1:8025\"\n[metrics]\nlisten = \"127.0.0.1:8025\"\n"
+            ),
+            "web.listen",
+            "its own port",
         );
     }
 

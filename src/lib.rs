@@ -16,6 +16,7 @@
 //! - [`domain`]: domain names as the policy compares them.
 //! - [`text`]: header text made safe to store, log and show.
 //! - [`message`]: raw bytes → `Inbound`, the facts the decision needs.
+//! - [`readable`]: a filed message as the board shows it: text and attachments.
 //! - [`received`]: one `Received` line read strictly: the trusted hop's HELO and client address.
 //! - [`evidence`]: what authentication found, and its alignment with the From domain.
 //! - [`decide`]: the decision table of SPEC.md.
@@ -23,6 +24,7 @@
 //! - [`case`]: references, statuses and their transitions, the case record.
 //! - [`reply`]: a queued reply rendered from its template.
 //! - [`notice`]: the legal team's notices and daily digest: facts and rendering.
+//! - [`accounts`]: the case board's account names, roles, password hashes and tokens.
 //!
 //! Edges:
 //! - [`config`]: the TOML file, validated once into a `Config`.
@@ -44,11 +46,13 @@
 //! - [`outbox`]: the outgoing queue: claim, render, sign, send, record; retries and `unknown`.
 //! - [`daemon`]: `run`: passes over the mailbox, IDLE, reconnection, signals, systemd.
 //! - [`metrics`]: `run`'s optional Prometheus endpoint.
+//! - [`web`]: `serve`, the legal team's case board over the case log.
 //!
 //! Commands:
 //! - [`cli`]: the command line's clap definitions (also used for the man page).
 //! - [`cmd`]: each command's set-up and output, and its exit status.
 
+pub mod accounts;
 pub mod audit;
 pub mod authenticate;
 pub mod case;
@@ -70,6 +74,7 @@ pub mod notice;
 pub mod outbox;
 pub mod pipeline;
 pub mod process;
+pub mod readable;
 pub mod received;
 pub mod reply;
 pub mod signer;
@@ -78,3 +83,4 @@ pub mod spf;
 pub mod store;
 pub mod text;
 pub mod triage;
+pub mod web;

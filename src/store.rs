@@ -21,6 +21,7 @@ use anyhow::Context;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
+use crate::accounts::{Account, Role, Session};
 use crate::case::{Case, Field, Reference, ReplyKind, Status, UserNotice};
 use crate::decide::Decision;
 use crate::triage::RequestKind;
@@ -38,7 +39,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Schema migrations; `MIGRATIONS[i]` takes `user_version` from `i` to
 /// `i + 1`. Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -274,6 +275,33 @@ CREATE TRIGGER verdicts_no_update BEFORE UPDATE ON verdicts
 BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
 CREATE TRIGGER verdicts_no_delete BEFORE DELETE ON verdicts
 BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
+"#;
+
+/// The case board's accounts and sessions (`users`, `serve`). A password
+/// is kept only as its argon2id PHC string; a session only as the SHA-256
+/// of its cookie token, so a copy of the file opens no session. An account
+/// is disabled, never deleted: the audit trail names it.
+const V6: &str = r#"
+CREATE TABLE accounts (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL CHECK (role IN ('viewer', 'editor')),
+    password TEXT NOT NULL,
+    disabled INTEGER NOT NULL CHECK (disabled IN (0, 1)),
+    created_at TEXT NOT NULL,
+    changed_at TEXT NOT NULL
+) STRICT;
+CREATE TRIGGER accounts_no_delete BEFORE DELETE ON accounts
+BEGIN SELECT RAISE(ABORT, 'accounts are disabled, not deleted'); END;
+
+CREATE TABLE sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    account_id INTEGER NOT NULL REFERENCES accounts (id),
+    csrf TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX sessions_account ON sessions (account_id);
 "#;
 
 /// Failures a caller may want to tell apart.
@@ -796,6 +824,26 @@ fn case_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Case> {
         deadline: r.get(11)?,
         opened_at: r.get(12)?,
         updated_at: r.get(13)?,
+    })
+}
+
+const ACCOUNT_COLUMNS: &str = "id, name, role, disabled, created_at, changed_at";
+
+fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+    let role: String = r.get(2)?;
+    Ok(Account {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        role: role.parse().map_err(|_| {
+            rusqlite::Error::FromSqlConversionFailure(
+                2,
+                rusqlite::types::Type::Text,
+                "not a role".into(),
+            )
+        })?,
+        disabled: r.get(3)?,
+        created_at: r.get(4)?,
+        changed_at: r.get(5)?,
     })
 }
 
@@ -1536,6 +1584,124 @@ impl Ops<'_> {
         Ok(())
     }
 
+    // ---- Accounts and sessions of the case board ---------------------------
+
+    pub fn insert_account(
+        &self,
+        name: &str,
+        role: Role,
+        phc: &str,
+        now: &str,
+    ) -> anyhow::Result<i64> {
+        self.c.execute(
+            "INSERT INTO accounts (name, role, password, disabled, created_at, changed_at) \
+             VALUES (?1, ?2, ?3, 0, ?4, ?4)",
+            params![name, role.as_str(), phc, now],
+        )?;
+        Ok(self.c.last_insert_rowid())
+    }
+
+    /// An account and its password's PHC string.
+    pub fn account(&self, name: &str) -> anyhow::Result<Option<(Account, String)>> {
+        Ok(self
+            .c
+            .query_row(
+                &format!("SELECT {ACCOUNT_COLUMNS}, password FROM accounts WHERE name = ?1"),
+                [name],
+                |r| Ok((account_row(r)?, r.get(6)?)),
+            )
+            .optional()?)
+    }
+
+    pub fn accounts(&self) -> anyhow::Result<Vec<Account>> {
+        let mut stmt = self.c.prepare(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([], account_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn set_account_password(&self, id: i64, phc: &str, now: &str) -> anyhow::Result<()> {
+        self.c.execute(
+            "UPDATE accounts SET password = ?2, changed_at = ?3 WHERE id = ?1",
+            params![id, phc, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_account_disabled(&self, id: i64, disabled: bool, now: &str) -> anyhow::Result<()> {
+        self.c.execute(
+            "UPDATE accounts SET disabled = ?2, changed_at = ?3 WHERE id = ?1",
+            params![id, disabled, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn insert_session(&self, s: &Session, token_sha256: &str) -> anyhow::Result<()> {
+        self.c.execute(
+            "INSERT INTO sessions (token_sha256, account_id, csrf, created_at, expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                token_sha256,
+                s.account.id,
+                s.csrf,
+                s.created_at,
+                s.expires_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The live session whose token hashes to `token_sha256`: not expired
+    /// at `now`, its account not disabled.
+    pub fn session(&self, token_sha256: &str, now: &str) -> anyhow::Result<Option<Session>> {
+        let columns = ACCOUNT_COLUMNS
+            .split(", ")
+            .map(|c| format!("a.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(self
+            .c
+            .query_row(
+                &format!(
+                    "SELECT {columns}, s.csrf, s.created_at, s.expires_at \
+                     FROM sessions s JOIN accounts a ON a.id = s.account_id \
+                     WHERE s.token_sha256 = ?1 AND s.expires_at > ?2 AND a.disabled = 0"
+                ),
+                [token_sha256, now],
+                |r| {
+                    Ok(Session {
+                        account: account_row(r)?,
+                        csrf: r.get(6)?,
+                        created_at: r.get(7)?,
+                        expires_at: r.get(8)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn delete_session(&self, token_sha256: &str) -> anyhow::Result<bool> {
+        Ok(self.c.execute(
+            "DELETE FROM sessions WHERE token_sha256 = ?1",
+            [token_sha256],
+        )? == 1)
+    }
+
+    /// Ends every session of an account (disabled, or its password
+    /// changed); returns how many there were.
+    pub fn delete_sessions_of(&self, account_id: i64) -> anyhow::Result<usize> {
+        Ok(self
+            .c
+            .execute("DELETE FROM sessions WHERE account_id = ?1", [account_id])?)
+    }
+
+    pub fn delete_expired_sessions(&self, now: &str) -> anyhow::Result<usize> {
+        Ok(self
+            .c
+            .execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])?)
+    }
+
     // ---- Reading cases -----------------------------------------------------
 
     pub fn cases(&self, status: Option<Status>) -> anyhow::Result<Vec<Case>> {
@@ -1543,6 +1709,29 @@ impl Ops<'_> {
             "SELECT {CASE_COLUMNS} FROM cases WHERE ?1 IS NULL OR status = ?1 ORDER BY year, number"
         ))?;
         let rows = stmt.query_map([status.map(|s| s.as_str())], case_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Cases whose reference, agency or requester, or one of whose
+    /// messages' subject, sender, triage findings (account IDs, addresses,
+    /// IPs) or raw text contains `needle`, case-insensitively (ASCII);
+    /// oldest first. An empty needle matches every case.
+    pub fn search(&self, needle: &str) -> anyhow::Result<Vec<Case>> {
+        let columns = CASE_COLUMNS
+            .split(", ")
+            .map(|c| format!("c.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = self.c.prepare(&format!(
+            "SELECT {columns} FROM cases c WHERE ?1 = '' \
+               OR instr(lower(c.reference), ?1) OR instr(lower(coalesce(c.agency, '')), ?1) \
+               OR instr(lower(coalesce(c.requester, '')), ?1) \
+               OR EXISTS (SELECT 1 FROM messages m WHERE m.case_id = c.id AND ( \
+                   instr(lower(coalesce(m.subject, '')), ?1) OR instr(lower(coalesce(m.sender, '')), ?1) \
+                   OR instr(lower(m.findings), ?1) OR instr(lower(CAST(m.raw AS TEXT)), ?1))) \
+             ORDER BY c.year, c.number"
+        ))?;
+        let rows = stmt.query_map([needle.to_ascii_lowercase()], case_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -1723,6 +1912,55 @@ pub struct DeadlineCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_lives_until_it_expires_or_its_account_is_disabled() {
+        use crate::accounts::Role;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.sqlite")).unwrap();
+        let ops = store.read();
+        let id = ops
+            .insert_account("alice", Role::Editor, "$argon2id$x", "2026-11-02T10:00:00Z")
+            .unwrap();
+        let (account, phc) = ops.account("alice").unwrap().unwrap();
+        assert_eq!(
+            (account.id, account.role, phc.as_str()),
+            (id, Role::Editor, "$argon2id$x")
+        );
+        let session = Session {
+            account,
+            csrf: "c".into(),
+            created_at: "2026-11-02T10:00:00Z".into(),
+            expires_at: "2026-11-02T18:00:00Z".into(),
+        };
+        ops.insert_session(&session, "h").unwrap();
+        let live = ops.session("h", "2026-11-02T17:59:59Z").unwrap().unwrap();
+        assert_eq!(
+            (live.account.name.as_str(), live.csrf.as_str()),
+            ("alice", "c")
+        );
+        assert!(
+            ops.session("h", "2026-11-02T18:00:00Z").unwrap().is_none(),
+            "expired"
+        );
+        assert!(
+            ops.session("other", "2026-11-02T11:00:00Z")
+                .unwrap()
+                .is_none()
+        );
+        ops.set_account_disabled(id, true, "2026-11-02T11:00:00Z")
+            .unwrap();
+        assert!(
+            ops.session("h", "2026-11-02T11:00:00Z").unwrap().is_none(),
+            "disabled"
+        );
+        assert_eq!(
+            ops.delete_expired_sessions("2026-11-02T18:00:00Z").unwrap(),
+            1
+        );
+        let err = store.conn.execute("DELETE FROM accounts", []).unwrap_err();
+        assert!(err.to_string().contains("disabled, not deleted"), "{err}");
+    }
 
     #[test]
     fn newer_schema_is_refused() {
@@ -2083,6 +2321,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(triggers, 6);
+        // Messages, verdicts and events append-only; accounts never deleted.
+        assert_eq!(triggers, 7);
     }
 }

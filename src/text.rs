@@ -39,7 +39,7 @@ pub fn clean(s: &str, max: usize) -> String {
 /// Bidirectional controls, zero-width and other invisible format
 /// characters (Unicode category Cf in the ranges that matter for display
 /// spoofing).
-fn is_format_char(c: char) -> bool {
+pub fn is_format_char(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{061C}' | '\u{180E}'
         | '\u{200B}'..='\u{200F}'

@@ -549,7 +549,7 @@ fn outgoing(out: &mut dyn Write, c: &Case, r: &ReplyRow) -> anyhow::Result<()> {
 }
 
 /// One line about the evidence: each DKIM signature, SPF and DMARC.
-fn evidence_summary(e: &Value) -> String {
+pub fn evidence_summary(e: &Value) -> String {
     let s = |v: &Value| v.as_str().unwrap_or("-").to_string();
     let dkim: Vec<String> = e["dkim"]
         .as_array()
@@ -581,7 +581,7 @@ fn evidence_summary(e: &Value) -> String {
 }
 
 /// One line about the triage findings.
-fn findings_summary(f: &Value) -> String {
+pub fn findings_summary(f: &Value) -> String {
     let list = |k: &str| {
         f[k].as_array()
             .filter(|a| !a.is_empty())

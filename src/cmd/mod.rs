@@ -7,11 +7,13 @@
 //! - [`cases`]: the legal team's `cases list|show|set-status|set|resend`.
 //! - [`export`]: `cases export`, the evidence bundle with its manifest.
 //! - [`check`]: `check-config --connect`: IMAP, SMTP and DNS tried.
+//! - [`users`]: the case board's accounts, `users add|passwd|disable|enable|list`.
 
 pub mod cases;
 pub mod check;
 pub mod export;
 pub mod ingest;
+pub mod users;
 pub mod verify;
 
 use std::io::Read;
@@ -19,7 +21,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::cli::{AuditCommand, CasesCommand, Cli, Command};
+use crate::cli::{AuditCommand, CasesCommand, Cli, Command, UsersCommand};
 use crate::clock::{self, Clock};
 use crate::config::{self, Config};
 use crate::judge::Judge;
@@ -198,6 +200,55 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
                     );
                 }
             }
+            Ok(Exit::Success)
+        }
+        Command::Users { command } => {
+            let config = load(&cli.config)?;
+            let clock = clock()?;
+            let mut store = crate::store::Store::open(&config.store.database)?;
+            let actor = cases::operator();
+            let line = match command {
+                UsersCommand::Add {
+                    name,
+                    role,
+                    password_file,
+                } => {
+                    let password = users::read_password(password_file.as_deref())?;
+                    users::add(&mut store, &name, role, &password, &actor, clock)?
+                }
+                UsersCommand::Passwd {
+                    name,
+                    password_file,
+                } => {
+                    let password = users::read_password(password_file.as_deref())?;
+                    users::passwd(&mut store, &name, &password, &actor, clock)?
+                }
+                UsersCommand::Disable { name } => {
+                    users::set_disabled(&mut store, &name, true, &actor, clock)?
+                }
+                UsersCommand::Enable { name } => {
+                    users::set_disabled(&mut store, &name, false, &actor, clock)?
+                }
+                UsersCommand::List { json } => {
+                    users::list(&store, json, &mut std::io::stdout().lock())?;
+                    return Ok(Exit::Success);
+                }
+            };
+            println!("{line}");
+            Ok(Exit::Success)
+        }
+        Command::Serve => {
+            let config = load(&cli.config)?;
+            if config.web.is_none() {
+                return Err(Failure::Config(config::ConfigError {
+                    file: config.path.clone(),
+                    key: "web".into(),
+                    reason: "is required by `serve`: a [web] section with `listen`".into(),
+                }));
+            }
+            let clock = clock()?;
+            let rt = runtime()?;
+            rt.block_on(crate::web::serve(config, clock))?;
             Ok(Exit::Success)
         }
         Command::Audit {
