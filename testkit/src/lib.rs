@@ -7,8 +7,9 @@
 //! builds well-formed RFC 5322 messages to sign and feed to the daemon.
 //! [`dovecot`], [`smtp_sink`] and [`postfix`] run the real mail servers of
 //! the integration tests (Dovecot, aiosmtpd, Postfix) as throwaway
-//! instances in temporary folders. Network traffic never leaves the
-//! loopback interface.
+//! instances in temporary folders; [`webdriver`] drives a real headless
+//! Chromium (Debian's) over WebDriver, and [`http`] sends the requests no
+//! browser would. Network traffic never leaves the loopback interface.
 //!
 //! Examples use the documentation ranges: domains under `example.org`,
 //! `example.com` and `example.net`, addresses from 192.0.2.0/24,
@@ -20,9 +21,11 @@ pub mod accept;
 pub mod dkim;
 pub mod dns;
 pub mod dovecot;
+pub mod http;
 pub mod mail;
 pub mod postfix;
 pub mod smtp_sink;
+pub mod webdriver;
 
 /// A port on 127.0.0.1 that was free a moment ago (chosen by the OS, then
 /// released). Another process may take it before the caller binds it: the

@@ -1,5 +1,6 @@
 //! Integration tests: the real binary against real servers on 127.0.0.1.
 
+mod board;
 mod cases;
 mod daemon;
 mod imap;
