@@ -30,7 +30,7 @@
 //! and keeps the old one when the new one is invalid.
 //!
 //! With `[metrics]`, `run` (not `--once`) also serves `GET /metrics` from
-//! a task of its own (`metrics::server::serve`) with a read-only connection to
+//! a task of its own (`metrics::endpoint::serve`) with a read-only connection to
 //! the case log; the counters are bumped here and in `outbox` where the
 //! log lines are written.
 
@@ -162,7 +162,7 @@ pub async fn run(
     // log exists by now (opened above), so its read-only connection opens.
     let endpoint = match (&config.metrics, once) {
         (Some(m), false) => {
-            let listener = metrics::server::bind(m).await?;
+            let listener = metrics::endpoint::bind(m).await?;
             let path = config.store.database.clone();
             let log = tokio::task::spawn_blocking(move || FigureReader::open(&path, clock))
                 .await?
@@ -206,7 +206,7 @@ pub async fn run(
             metrics.clone(),
         ));
         let server = endpoint.map(|(listener, log, any_host)| {
-            tokio::spawn(metrics::server::serve(
+            tokio::spawn(metrics::endpoint::serve(
                 listener,
                 metrics.clone(),
                 log,

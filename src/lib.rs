@@ -36,6 +36,7 @@
 //! - [`smtp`]: one transaction per reply, and what its failure means.
 //! - [`process`]: this process as `pid:start time`, and whether another still runs.
 //! - [`logging`]: journald, JSON or text log lines.
+//! - [`http`]: the one HTTP/1.1 server (hyper under axum), with its limits.
 //!
 //! The message's way through:
 //! - [`judge`]: parse → authenticate → decide, shared by every command.
@@ -64,6 +65,7 @@ pub mod daemon;
 pub mod decide;
 pub mod domain;
 pub mod evidence;
+pub mod http;
 pub mod imap;
 pub mod judge;
 pub mod logging;

@@ -1,10 +1,10 @@
 //! The daemon's optional Prometheus endpoint (`[metrics]`): counters kept
 //! as the daemon works, and figures read from the case log when scraped;
-//! [`server`] serves both on `GET /metrics`.
+//! [`endpoint`] serves both on `GET /metrics`.
 //!
 //! ```text
 //! daemon.rs, outbox.rs ─▶ Metrics (atomics) ──┐
-//!                                             ├─▶ render ─▶ server: GET /metrics
+//!                                             ├─▶ render ─▶ endpoint: GET /metrics
 //! case log (read-only connection) ─▶ LogFigures ┘
 //! ```
 //!
@@ -16,7 +16,7 @@
 //! activity: how many legal requests arrive, how they were judged, how many
 //! cases are open and due.
 
-pub mod server;
+pub mod endpoint;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -23,7 +23,6 @@ mod actions;
 mod pages;
 mod session;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -58,24 +57,33 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<()> {
         session_hours: web.session_hours,
         limiter: Mutex::new(session::Limiter::default()),
     });
-    let listener = tokio::net::TcpListener::bind(web.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (web.listen)", web.listen))?;
+    let listener = crate::http::bind(web.listen, "web.listen").await?;
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, "case board listening on http://{addr}/");
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::debug!(error = %e, "sd_notify failed");
     }
-    axum::serve(
-        listener,
-        router(board).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopped())
-    .await
-    .context("the case board stopped")?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stop = cancel.clone();
+    let signals = tokio::spawn(async move {
+        stopped().await;
+        stop.cancel();
+    });
+    crate::http::serve(listener, router(board), LIMITS, cancel).await;
+    signals.abort();
     tracing::info!("case board stopped");
     Ok(())
 }
+
+/// The board's connections: a browser keeps a few open; a request head
+/// (cookies included) fits in 16 KiB and arrives within 10 seconds.
+pub const LIMITS: crate::http::Limits = crate::http::Limits {
+    max_connections: 64,
+    head_timeout: std::time::Duration::from_secs(10),
+    max_head_bytes: 16 * 1024,
+    keep_alive: true,
+    name: "case board",
+};
 
 async fn stopped() {
     use tokio::signal::unix::{SignalKind, signal};

@@ -119,10 +119,10 @@ impl Served {
             .arg("--config")
             .arg(&install.config)
             .arg("serve")
-            .env("LEGAL_INTAKE_LOG", "warn")
+            .env("LEGAL_INTAKE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(install.dir.path().join("serve.log")).unwrap())
             .spawn()
             .expect("start serve");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -137,6 +137,11 @@ impl Served {
             foreign,
             hostile,
         }
+    }
+
+    /// What `serve` logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.install.dir.path().join("serve.log")).unwrap()
     }
 
     fn url(&self, path: &str) -> String {
@@ -556,6 +561,26 @@ fn failed_sign_ins_are_limited_and_account_changes_end_sessions() {
     assert_eq!(r.status, 401);
     // The limit is per account: bob still signs in.
     let (bob, _) = served.sign_in("bob", PASSWORD);
+    // One line each for the admin tailing the journal, never a password.
+    let log = served.log();
+    assert_eq!(
+        log.matches("sign-in refused: wrong name or password")
+            .count(),
+        6,
+        "{log}"
+    );
+    assert!(
+        log.contains("sign-in refused: too many failures account=alice peer=127.0.0.1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("signed in to the case board account=bob"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("wrong password here") && !log.contains(PASSWORD),
+        "{log}"
+    );
 
     // A new password ends bob's session; disabling ends the next one and
     // refuses signing in.
