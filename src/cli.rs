@@ -145,6 +145,15 @@ pub enum CasesCommand {
         #[arg(long, value_name = "TEXT")]
         note: Option<String>,
     },
+    /// Release a quarantined request confirmed out of band: the case moves
+    /// to under_review and an acknowledgement is queued to its requester.
+    Release {
+        #[arg(value_name = "ID", value_parser = parse_reference)]
+        id: Reference,
+        /// How the request was confirmed (required; recorded in the events).
+        #[arg(long, value_name = "TEXT")]
+        note: String,
+    },
     /// Send a case's replies again whose delivery is unknown or failed
     /// (queued as pending; the daemon or `run --once` sends them).
     Resend {

@@ -1,5 +1,5 @@
 //! The legal team's commands on the case log: `cases list`, `cases show`,
-//! `cases set-status`, `cases set` and `cases resend`.
+//! `cases set-status`, `cases set`, `cases release` and `cases resend`.
 //!
 //! Every change is made in one write transaction that reads the case,
 //! checks the change, writes it and appends an audit event naming the
@@ -228,6 +228,108 @@ pub fn set_status(
         case.status.as_str(),
         to.as_str()
     ))
+}
+
+/// `cases release`: a person has confirmed a quarantined request out of
+/// band and decides it is to be answered. The case moves to
+/// `under_review` and an acknowledgement to its requester is queued, in
+/// reply to its first message; both events name the person and carry the
+/// note (required: the decision is theirs, not the evidence's). The
+/// daemon (or `run --once`) sends it. `reply_domain` is that of our
+/// Message-IDs (`msgid::domain`).
+pub fn release(
+    store: &mut Store,
+    reference: Reference,
+    note: &str,
+    reply_domain: &str,
+    actor: &str,
+    clock: Clock,
+) -> anyhow::Result<Vec<String>> {
+    let note = crate::text::clean(note, 2000);
+    if note.is_empty() {
+        return Err(
+            UsageError("--note is required: say how the request was confirmed".into()).into(),
+        );
+    }
+    let tx = store.begin()?;
+    let ops = tx.ops();
+    let case = ops.case(reference)?.ok_or(Refused::NoSuchCase(reference))?;
+    let refuse = |reason: &str| Refused::Move {
+        reference,
+        reason: reason.to_string(),
+    };
+    if case.status != Status::Quarantined {
+        return Err(refuse(&format!(
+            "only a quarantined case is released; this one is {}",
+            case.status.as_str()
+        ))
+        .into());
+    }
+    let Some(recipient) = case.requester.clone() else {
+        return Err(refuse("the case has no requester's address to acknowledge").into());
+    };
+    let Some(first) = ops.messages_of(case.id, false)?.into_iter().next() else {
+        return Err(refuse("the case has no message").into());
+    };
+    let to = Status::UnderReview;
+    case.status
+        .check_move(to, Some(&note))
+        .map_err(|reason| Refused::Move { reference, reason })?;
+    let now = clock.now();
+    let at = clock::stamp(now);
+    ops.set_status(case.id, to, &at)?;
+    audit::append(
+        &ops,
+        &at,
+        actor,
+        Some(case.id),
+        kind::STATUS_CHANGED,
+        &json!({ "from": case.status.as_str(), "to": to.as_str(), "note": note, "released": true }),
+    )?;
+    let kind = crate::case::ReplyKind::Acknowledgement;
+    let tag = crate::msgid::fresh_tag(
+        now,
+        &[
+            first.sha256.as_bytes(),
+            kind.as_str().as_bytes(),
+            b"release",
+        ],
+    );
+    let msgid = format!("<{reference}.{tag}@{reply_domain}>");
+    let outbox = ops.queue_reply(&crate::store::NewReply {
+        case_id: case.id,
+        message_id: first.id,
+        kind,
+        recipient: &recipient,
+        msgid: &msgid,
+        in_reply_to: first.msgid.as_deref(),
+        subject: first.subject.as_deref(),
+        now: &at,
+    })?;
+    audit::append(
+        &ops,
+        &at,
+        actor,
+        Some(case.id),
+        kind::REPLY_QUEUED,
+        &json!({
+            "outbox": outbox,
+            "message": first.id,
+            "kind": kind,
+            "recipient": recipient,
+            "msgid": msgid,
+            "in_reply_to": first.msgid,
+            "released_by": actor,
+            "note": note,
+        }),
+    )?;
+    tx.commit()?;
+    Ok(vec![
+        format!("{reference}: quarantined → under_review (released by {actor})"),
+        format!(
+            "{reference}: acknowledgement to {recipient} queued; it is sent at the daemon's next drain"
+        ),
+    ])
 }
 
 /// `cases resend`: a person decides that the case's replies whose fate is

@@ -184,6 +184,14 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
                         println!("{line}");
                     }
                 }
+                CasesCommand::Release { id, note } => {
+                    let domain = crate::msgid::domain(&config);
+                    for line in
+                        cases::release(&mut store, id, &note, &domain, &cases::operator(), clock)?
+                    {
+                        println!("{line}");
+                    }
+                }
                 CasesCommand::Resend { id, note } => {
                     for line in
                         cases::resend(&mut store, id, note.as_deref(), &cases::operator(), clock)?

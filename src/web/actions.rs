@@ -179,3 +179,32 @@ pub async fn note(
         .await?;
     Ok(back(reference))
 }
+
+#[derive(Deserialize)]
+pub struct ReleaseForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    note: String,
+}
+
+/// `POST /cases/{reference}/release`: a quarantined request, confirmed out
+/// of band, moves to `under_review` with an acknowledgement queued.
+pub async fn release(
+    State(board): State<Arc<Board>>,
+    signed: Signed,
+    Path(id): Path<String>,
+    Form(form): Form<ReleaseForm>,
+) -> Result<Response, Failure> {
+    allowed(&signed, &form.csrf)?;
+    let reference = reference(&id)?;
+    let (actor, clock, domain) = (signed.actor(), board.clock, board.reply_domain.clone());
+    let lines = board
+        .store
+        .run(move |s| cases::release(s, reference, &form.note, &domain, &actor, clock))
+        .await?;
+    for line in lines {
+        tracing::info!("case board: {line}");
+    }
+    Ok(back(reference))
+}

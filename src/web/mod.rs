@@ -17,7 +17,8 @@
 //!
 //! - [`session`]: sign-in, sessions, CSRF tokens, the sign-in rate limit.
 //! - [`pages`]: the views (board, quarantine, deadlines, search, case).
-//! - [`actions`]: the editors' changes (status, fields, note).
+//! - [`actions`]: the editors' changes (status, fields, note, release from
+//!   quarantine).
 
 mod actions;
 mod pages;
@@ -42,6 +43,8 @@ pub struct Board {
     clock: Clock,
     session_hours: u32,
     limiter: Mutex<session::Limiter>,
+    /// The domain of the Message-IDs of replies queued from the board.
+    reply_domain: String,
 }
 
 /// `serve`: the board until SIGTERM or SIGINT.
@@ -56,6 +59,7 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<()> {
         clock,
         session_hours: web.session_hours,
         limiter: Mutex::new(session::Limiter::default()),
+        reply_domain: crate::msgid::domain(&config),
     });
     let listener = crate::http::bind(web.listen, "web.listen").await?;
     let addr = listener.local_addr()?;
@@ -112,6 +116,7 @@ pub fn router(board: Arc<Board>) -> Router {
         .route("/cases/{reference}/status", post(actions::status))
         .route("/cases/{reference}/fields", post(actions::fields))
         .route("/cases/{reference}/note", post(actions::note))
+        .route("/cases/{reference}/release", post(actions::release))
         .route("/cases/{reference}/messages/{id}/raw", get(pages::raw))
         .route(
             "/cases/{reference}/messages/{id}/attachments/{index}",

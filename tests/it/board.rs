@@ -437,7 +437,7 @@ fn hostile_subjects_bodies_and_attachment_names_are_inert() {
     // A viewer has no forms to change anything.
     assert!(
         browser
-            .find_all("#status-form, #fields-form, #note-form")
+            .find_all("#status-form, #fields-form, #note-form, #release-form")
             .is_empty()
     );
 
@@ -538,6 +538,42 @@ fn forms_without_the_sessions_token_or_an_editor_are_refused() {
     assert!(r.text().contains("is not a date"), "{}", r.text());
     let r = served.get("/cases/LR-2026-9999", &alice);
     assert_eq!(r.status, 404);
+
+    // A quarantined request released by the editor, with the note the
+    // decision needs: a viewer cannot, and nothing is released without it.
+    let release = |cookie: &str, body: &str| {
+        served.post(&format!("/cases/{}/release", served.hostile), cookie, body)
+    };
+    assert_eq!(
+        release(&bob, &format!("note=x&csrf={bob_csrf}")).status,
+        403
+    );
+    assert_eq!(
+        release(&alice, &format!("note=&csrf={alice_csrf}")).status,
+        400
+    );
+    let r = release(
+        &alice,
+        &format!("note=confirmed+by+phone&csrf={alice_csrf}"),
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let shown = served.show(&served.hostile);
+    assert_eq!(shown["case"]["status"], "under_review");
+    assert_eq!(shown["replies"][0]["kind"], "acknowledgement");
+    let queued = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "reply_queued")
+        .unwrap();
+    assert_eq!(queued["actor"], "web:alice");
+    assert_eq!(queued["data"]["note"], "confirmed by phone");
+    let audit = served.install.run(&["audit", "verify"]);
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
 }
 
 #[test]

@@ -1008,6 +1008,73 @@ fn every_status_transition_allowed_and_refused() {
 }
 
 #[test]
+fn a_quarantined_request_is_released_only_with_a_persons_note() {
+    let log = Log::new();
+    let filed = log.ingest(&[
+        &forged("Urgent disclosure"),
+        &police_request("Production order"),
+    ]);
+    let (held, genuine) = (s(&filed[0]["case"]), s(&filed[1]["case"]));
+    assert_eq!(filed[0]["decision"], "quarantine");
+    // The decision is a person's: without a note, or for a case that is
+    // not quarantined, nothing happens.
+    let out = log.run(&["cases", "release", held, "--note", " "]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let out = log.run(&["cases", "release", genuine, "--note", "x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("only a quarantined case is released"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(log.status(held), "quarantined");
+
+    let out = log.run(&[
+        "cases",
+        "release",
+        held,
+        "--note",
+        "confirmed by phone with DI Smith on +350 200 00000",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("acknowledgement to officer@police.gi queued"),
+        "{}",
+        text(&out)
+    );
+    let shown = log.show(held);
+    assert_eq!(shown["case"]["status"], "under_review");
+    let replies = shown["replies"].as_array().unwrap();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(
+        (
+            s(&replies[0]["kind"]),
+            s(&replies[0]["recipient"]),
+            s(&replies[0]["status"])
+        ),
+        ("acknowledgement", "officer@police.gi", "pending")
+    );
+    assert_eq!(replies[0]["in_reply_to"], shown["messages"][0]["msgid"]);
+    let me = operator();
+    let queued = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "reply_queued")
+        .expect("a reply_queued event");
+    assert_eq!(queued["actor"], me.as_str());
+    assert_eq!(queued["data"]["released_by"], me.as_str());
+    assert_eq!(
+        queued["data"]["note"],
+        "confirmed by phone with DI Smith on +350 200 00000"
+    );
+    // Released once: a second release is refused.
+    let out = log.run(&["cases", "release", held, "--note", "again"]);
+    assert_eq!(out.status.code(), Some(1));
+    log.assert_intact();
+}
+
+#[test]
 fn case_fields_are_set_with_an_event_each() {
     let log = Log::new();
     log.ingest(&[&police_request("Production order")]);
