@@ -423,6 +423,51 @@ pub fn parse_date_setting(s: &str) -> Result<DateSetting, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reminders_of_a_missing_hard_copy_and_an_ended_gag_order() {
+        let mut c = Case {
+            id: 1,
+            reference: Reference {
+                year: 2026,
+                number: 1,
+            },
+            status: Status::UnderReview,
+            agency: Some("Royal Gibraltar Police".into()),
+            requester: Some("officer@police.gi".into()),
+            authenticated: true,
+            kind: RequestKind::CourtOrder,
+            emergency: false,
+            hard_copy_served: None,
+            user_notice: UserNotice::Prohibited,
+            user_notice_until: Some("2026-11-20".into()),
+            deadline: None,
+            opened_at: "2026-11-02T10:00:00Z".into(),
+            updated_at: "2026-11-02T10:00:00Z".into(),
+        };
+        let day = |d: u8| time::Date::from_calendar_date(2026, time::Month::November, d).unwrap();
+        assert!(c.reminders(day(15)).is_empty(), "13 days, before the end");
+        assert_eq!(
+            c.reminders(day(16)),
+            ["hard copy not served 14 days after the request (opened 2026-11-02)"]
+        );
+        assert_eq!(c.reminders(day(20)).len(), 2);
+        assert!(c.reminders(day(20))[1].contains("ended on 2026-11-20: the user may now be told"));
+        c.hard_copy_served = Some("2026-11-10".into());
+        c.user_notice = UserNotice::Permitted;
+        assert!(c.reminders(day(20)).is_empty());
+        // An unauthenticated or finished case is not waiting for a hard copy.
+        c.hard_copy_served = None;
+        for (status, authenticated) in [
+            (Status::Quarantined, false),
+            (Status::Responded, true),
+            (Status::Closed, true),
+        ] {
+            c.status = status;
+            c.authenticated = authenticated;
+            assert!(c.reminders(day(20)).is_empty(), "{status:?}");
+        }
+    }
     use Status::*;
 
     #[test]

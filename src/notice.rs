@@ -139,9 +139,21 @@ pub struct DigestFacts {
     pub overdue: Section,
     /// Cases in `quarantined`.
     pub quarantined: Section,
+    /// What the team should be reminded of, case by case
+    /// (`Case::reminders`); absent from digests queued before there were
+    /// reminders.
+    #[serde(default)]
+    pub reminders: Vec<Reminder>,
     /// The audit chain head when the digest was made; `None` while the
     /// log has no events.
     pub head: Option<String>,
+}
+
+/// One reminder about one case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reminder {
+    pub reference: String,
+    pub text: String,
 }
 
 /// A deadline as the team sets it: a calendar day (due by the end of that
@@ -197,6 +209,7 @@ pub fn digest(
         due_soon: Section::default(),
         overdue: Section::default(),
         quarantined: Section::default(),
+        reminders: Vec::new(),
         head,
     };
     let mut soon = Vec::new();
@@ -214,6 +227,12 @@ pub fn digest(
             opened_at: c.opened_at.clone(),
         };
         facts.open.push(listed.clone());
+        for text in c.reminders(today) {
+            facts.reminders.push(Reminder {
+                reference: c.reference.to_string(),
+                text,
+            });
+        }
         if c.status == Status::Quarantined {
             facts.quarantined.push(listed.clone());
         }
@@ -390,6 +409,16 @@ pub fn digest_body(f: &DigestFacts) -> String {
         ),
         "",
     );
+    if !f.reminders.is_empty() {
+        out.push_str(&format!("\nReminders: {}\n", f.reminders.len()));
+        for r in f.reminders.iter().take(MAX_LISTED) {
+            push_wrapped(
+                &mut out,
+                &format!("{}: {}", clean(&r.reference, 40), clean(&r.text, 300)),
+                "  ",
+            );
+        }
+    }
     let line = |c: &DigestCase, with_deadline: bool| {
         let mut parts = vec![clean(&c.reference, 40)];
         if with_deadline && let Some(d) = &c.deadline {
@@ -804,6 +833,32 @@ mod tests {
         assert!(body.contains("LR-2026-0007  quarantined  other  Royal Gibraltar Police"));
         assert!(body.contains(&format!("  {HEAD}\n")));
         assert!(body.lines().all(|l| l.chars().count() <= WIDTH), "{body}");
+        // Opened 27 days before, no hard copy yet: the agencies' cases
+        // still waiting for one are reminded of.
+        let reminded: Vec<&str> = f.reminders.iter().map(|r| r.reference.as_str()).collect();
+        assert_eq!(
+            reminded,
+            [
+                "LR-2026-0001",
+                "LR-2026-0002",
+                "LR-2026-0003",
+                "LR-2026-0004",
+                "LR-2026-0008",
+                "LR-2026-0009"
+            ]
+        );
+        assert!(body.contains("\nReminders: 6\n"), "{body}");
+        assert!(
+            body.contains(
+                "  LR-2026-0001: hard copy not served 14 days after the request (opened\n  2026-11-02)"
+            ),
+            "{body}"
+        );
+        // A digest queued before reminders existed still reads.
+        let mut old = serde_json::to_value(&f).unwrap();
+        old.as_object_mut().unwrap().remove("reminders");
+        let old: DigestFacts = serde_json::from_value(old).unwrap();
+        assert!(old.reminders.is_empty() && !digest_body(&old).contains("Reminders"));
     }
 
     #[test]
