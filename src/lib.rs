@@ -24,6 +24,7 @@
 //! - [`case`]: references, statuses and their transitions, the case record.
 //! - [`reply`]: a queued reply rendered from its template.
 //! - [`notice`]: the legal team's notices and daily digest: facts and rendering.
+//! - [`tar`]: a ustar archive of a few files (the board's evidence bundle).
 //! - [`accounts`]: the case board's account names, roles, password hashes and tokens.
 //!
 //! Edges:
@@ -83,6 +84,7 @@ pub mod signer;
 pub mod smtp;
 pub mod spf;
 pub mod store;
+pub mod tar;
 pub mod text;
 pub mod triage;
 pub mod web;

@@ -117,6 +117,7 @@ pub fn router(board: Arc<Board>) -> Router {
         .route("/cases/{reference}/fields", post(actions::fields))
         .route("/cases/{reference}/note", post(actions::note))
         .route("/cases/{reference}/release", post(actions::release))
+        .route("/cases/{reference}/bundle", get(pages::bundle))
         .route("/cases/{reference}/messages/{id}/raw", get(pages::raw))
         .route(
             "/cases/{reference}/messages/{id}/attachments/{index}",

@@ -549,3 +549,43 @@ pub async fn attachment(
     let (name, bytes) = readable::attachment(&raw, index).ok_or(Failure::NotFound)?;
     Ok(download(&name, bytes))
 }
+
+/// `GET /cases/{reference}/bundle`: the evidence bundle of `cases export`
+/// (an audit event names the account) as one ustar archive,
+/// `LR-YYYY-NNNN/…` with its `manifest.json`.
+pub async fn bundle(
+    State(board): State<Arc<Board>>,
+    signed: Signed,
+    Path(id): Path<String>,
+) -> Result<Response, Failure> {
+    let reference = reference(&id)?;
+    let (actor, clock) = (signed.actor(), board.clock);
+    let archive = board
+        .store
+        .run(move |s| {
+            let scratch = std::env::temp_dir()
+                .join(format!("legal-intake-bundle-{}", crate::accounts::token()?));
+            let folder = scratch.join(reference.to_string());
+            let made = (|| {
+                crate::cmd::export::export(s, reference, &folder, &actor, clock)?;
+                let mut names = std::fs::read_dir(&folder)?
+                    .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                names.sort();
+                let files = names
+                    .into_iter()
+                    .map(|n| Ok((format!("{reference}/{n}"), std::fs::read(folder.join(&n))?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let mtime = u64::try_from(clock.now().unix_timestamp()).unwrap_or(0);
+                let entries: Vec<crate::tar::Entry<'_>> = files
+                    .iter()
+                    .map(|(path, bytes)| crate::tar::Entry { path, bytes, mtime })
+                    .collect();
+                crate::tar::ustar(&entries).map_err(anyhow::Error::msg)
+            })();
+            let _ = std::fs::remove_dir_all(&scratch);
+            made
+        })
+        .await?;
+    Ok(download(&format!("{reference}-evidence.tar"), archive))
+}

@@ -574,6 +574,51 @@ fn forms_without_the_sessions_token_or_an_editor_are_refused() {
         "{}",
         String::from_utf8_lossy(&audit.stdout)
     );
+
+    // The evidence bundle, for a viewer too: one archive that tar opens,
+    // the message in it byte for byte, the export an event by the account.
+    let r = served.get(&format!("/cases/{}/bundle", served.police), &bob);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-disposition").unwrap(),
+        format!(
+            "attachment; filename=\"{0}-evidence.tar\"; filename*=UTF-8''{0}-evidence.tar",
+            served.police
+        )
+    );
+    let dir = served.install.dir.path().join("unpacked");
+    std::fs::create_dir(&dir).unwrap();
+    let tar = dir.join("bundle.tar");
+    std::fs::write(&tar, &r.body).unwrap();
+    let out = Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let folder = dir.join(&served.police);
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(folder.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["exported_by"], "web:bob");
+    let shown = served.show(&served.police);
+    let eml = std::fs::read(folder.join("msg1.eml")).unwrap();
+    assert_eq!(
+        legal_intake::audit::sha256_hex(&eml),
+        shown["messages"][0]["sha256"].as_str().unwrap()
+    );
+    assert!(
+        shown["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "case_exported" && e["actor"] == "web:bob")
+    );
 }
 
 #[test]
