@@ -301,6 +301,9 @@ pub struct Case {
     pub user_notice_until: Option<String>,
     /// The response deadline, when one is set.
     pub deadline: Option<String>,
+    /// How the request ended, for the transparency figures; `None` while
+    /// it has not.
+    pub outcome: Option<Outcome>,
     pub opened_at: String,
     pub updated_at: String,
 }
@@ -316,6 +319,7 @@ pub enum Field {
     UserNotice,
     UserNoticeUntil,
     Deadline,
+    Outcome,
 }
 
 impl Field {
@@ -327,8 +331,61 @@ impl Field {
             Field::UserNotice => "user_notice",
             Field::UserNoticeUntil => "user_notice_until",
             Field::Deadline => "deadline",
+            Field::Outcome => "outcome",
         }
     }
+}
+
+/// How a request ended, as the transparency figures count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Data was disclosed.
+    DataProduced,
+    /// Nothing was disclosed because nothing was held (no logs).
+    NoneHeld,
+    /// The request was challenged, and nothing disclosed.
+    Challenged,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 3] = [
+        Outcome::DataProduced,
+        Outcome::NoneHeld,
+        Outcome::Challenged,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::DataProduced => "data_produced",
+            Outcome::NoneHeld => "none_held",
+            Outcome::Challenged => "challenged",
+        }
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Outcome, String> {
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s.trim().replace('-', "_"))
+            .ok_or_else(|| {
+                format!("`{s}` is not an outcome; one of: data_produced, none_held, challenged")
+            })
+    }
+}
+
+/// An outcome setting on the command line: an outcome, or `none` to clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutcomeSetting(pub Option<Outcome>);
+
+/// Parses an [`OutcomeSetting`] (for clap and the board).
+pub fn parse_outcome_setting(s: &str) -> Result<OutcomeSetting, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(OutcomeSetting(None));
+    }
+    s.parse().map(|o| OutcomeSetting(Some(o)))
 }
 
 impl Case {
@@ -348,6 +405,7 @@ impl Case {
             Field::UserNotice,
             Field::UserNoticeUntil,
             Field::Deadline,
+            Field::Outcome,
         ] {
             m.insert(f.as_str().into(), self.value(f));
         }
@@ -399,6 +457,7 @@ impl Case {
             Field::UserNotice => self.user_notice.as_str().into(),
             Field::UserNoticeUntil => self.user_notice_until.clone().into(),
             Field::Deadline => self.deadline.clone().into(),
+            Field::Outcome => self.outcome.map(|o| o.as_str()).into(),
         }
     }
 }
@@ -442,6 +501,7 @@ mod tests {
             user_notice: UserNotice::Prohibited,
             user_notice_until: Some("2026-11-20".into()),
             deadline: None,
+            outcome: None,
             opened_at: "2026-11-02T10:00:00Z".into(),
             updated_at: "2026-11-02T10:00:00Z".into(),
         };

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::accounts::Role;
-use crate::case::{self, DateSetting, Reference, Status, UserNotice};
+use crate::case::{self, DateSetting, OutcomeSetting, Reference, Status, UserNotice};
 use crate::config;
 use crate::triage::RequestKind;
 
@@ -141,6 +141,9 @@ pub enum CasesCommand {
         /// Set or clear the emergency flag (yes or no).
         #[arg(long, value_name = "yes|no", hide_possible_values = true, value_parser = clap::builder::BoolishValueParser::new())]
         emergency: Option<bool>,
+        /// How the request ended, for `cases stats` (`none` clears).
+        #[arg(long, value_name = "data_produced|none_held|challenged", value_parser = case::parse_outcome_setting)]
+        outcome: Option<OutcomeSetting>,
         /// A note, recorded with the changes (or alone).
         #[arg(long, value_name = "TEXT")]
         note: Option<String>,
@@ -162,6 +165,19 @@ pub enum CasesCommand {
         /// Why (recorded in the audit event).
         #[arg(long, value_name = "TEXT")]
         note: Option<String>,
+    },
+    /// The transparency figures of a year: requests by kind, agency,
+    /// decision and outcome, quarantine counted apart, with the audit head.
+    Stats {
+        /// The year of the case references (default: this year).
+        #[arg(long, value_name = "YEAR")]
+        year: Option<i32>,
+        /// Print one JSON object.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print `section,key,count` rows.
+        #[arg(long)]
+        csv: bool,
     },
     /// Write the evidence bundle of a case into a new or empty folder.
     Export {

@@ -24,6 +24,7 @@
 //! - [`case`]: references, statuses and their transitions, the case record.
 //! - [`reply`]: a queued reply rendered from its template.
 //! - [`notice`]: the legal team's notices and daily digest: facts and rendering.
+//! - [`stats`]: the transparency figures of a year.
 //! - [`tar`]: a ustar archive of a few files (the board's evidence bundle).
 //! - [`accounts`]: the case board's account names, roles, password hashes and tokens.
 //!
@@ -83,6 +84,7 @@ pub mod reply;
 pub mod signer;
 pub mod smtp;
 pub mod spf;
+pub mod stats;
 pub mod store;
 pub mod tar;
 pub mod text;

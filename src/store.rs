@@ -277,7 +277,8 @@ CREATE TRIGGER verdicts_no_delete BEFORE DELETE ON verdicts
 BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
 "#;
 
-/// The case board's accounts and sessions (`users`, `serve`). A password
+/// The case board's accounts and sessions (`users`, `serve`), and each
+/// case's outcome for the transparency figures (`cases stats`). A password
 /// is kept only as its argon2id PHC string; a session only as the SHA-256
 /// of its cookie token, so a copy of the file opens no session. An account
 /// is disabled, never deleted: the audit trail names it.
@@ -302,6 +303,9 @@ CREATE TABLE sessions (
     expires_at TEXT NOT NULL
 ) STRICT;
 CREATE INDEX sessions_account ON sessions (account_id);
+
+ALTER TABLE cases ADD COLUMN outcome TEXT
+    CHECK (outcome IN ('data_produced', 'none_held', 'challenged'));
 "#;
 
 /// Failures a caller may want to tell apart.
@@ -798,7 +802,7 @@ pub struct Ops<'c> {
 }
 
 const CASE_COLUMNS: &str = "id, reference, status, agency, requester, authenticated, kind, emergency, \
-     hard_copy_served, user_notice, user_notice_until, deadline, opened_at, updated_at";
+     hard_copy_served, user_notice, user_notice_until, deadline, opened_at, updated_at, outcome";
 
 fn case_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Case> {
     let text = |i: usize| -> rusqlite::Result<String> { r.get(i) };
@@ -824,6 +828,10 @@ fn case_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Case> {
         deadline: r.get(11)?,
         opened_at: r.get(12)?,
         updated_at: r.get(13)?,
+        outcome: r
+            .get::<_, Option<String>>(14)?
+            .map(|o| o.parse().map_err(|_| bad(14, "outcome")))
+            .transpose()?,
     })
 }
 
@@ -1230,6 +1238,7 @@ impl Ops<'_> {
             Field::UserNotice => "user_notice",
             Field::UserNoticeUntil => "user_notice_until",
             Field::Deadline => "deadline",
+            Field::Outcome => "outcome",
         };
         let sql = format!("UPDATE cases SET {column} = ?2, updated_at = ?3 WHERE id = ?1");
         let mut stmt = self.c.prepare_cached(&sql)?;
@@ -1732,6 +1741,23 @@ impl Ops<'_> {
              ORDER BY c.year, c.number"
         ))?;
         let rows = stmt.query_map([needle.to_ascii_lowercase()], case_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The cases of a year, each with the decision on its opening message
+    /// (`None` without a verdict), in reference order (`cases stats`).
+    pub fn cases_of_year(&self, year: i32) -> anyhow::Result<Vec<(Case, Option<String>)>> {
+        let columns = CASE_COLUMNS
+            .split(", ")
+            .map(|c| format!("c.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = self.c.prepare(&format!(
+            "SELECT {columns}, (SELECT v.decision FROM messages m JOIN verdicts v ON v.message_id = m.id \
+               WHERE m.case_id = c.id ORDER BY m.id LIMIT 1) \
+             FROM cases c WHERE c.year = ?1 ORDER BY c.number"
+        ))?;
+        let rows = stmt.query_map([year], |r| Ok((case_row(r)?, r.get(15)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::audit::{self, kind};
-use crate::case::{Case, DateSetting, Field, Reference, Status, UserNotice};
+use crate::case::{Case, DateSetting, Field, OutcomeSetting, Reference, Status, UserNotice};
 use crate::clock::{self, Clock};
 use crate::store::{EventRow, MessageRow, ReplyRow, Store, VerdictRow};
 use crate::triage::RequestKind;
@@ -88,6 +88,7 @@ pub struct Changes {
     pub deadline: Option<DateSetting>,
     pub kind: Option<RequestKind>,
     pub emergency: Option<bool>,
+    pub outcome: Option<OutcomeSetting>,
     pub note: Option<String>,
 }
 
@@ -132,6 +133,9 @@ impl Changes {
         if let Some(e) = self.emergency {
             out.push((Field::Emergency, e.into()));
         }
+        if let Some(o) = self.outcome {
+            out.push((Field::Outcome, o.0.map(|o| o.as_str()).into()));
+        }
         // Only real changes become events.
         out.retain(|(f, v)| case.value(*f) != *v);
         Ok(out)
@@ -144,6 +148,7 @@ impl Changes {
             && self.deadline.is_none()
             && self.kind.is_none()
             && self.emergency.is_none()
+            && self.outcome.is_none()
             && self.note.is_none()
     }
 }
@@ -158,7 +163,7 @@ pub fn set(
 ) -> anyhow::Result<Vec<String>> {
     if changes.is_empty() {
         return Err(UsageError(
-            "nothing to change: give --hard-copy-served, --user-notice, --deadline, --kind, --emergency or --note"
+            "nothing to change: give --hard-copy-served, --user-notice, --deadline, --kind, --emergency, --outcome or --note"
                 .into(),
         )
         .into());
@@ -376,6 +381,43 @@ pub fn resend(
     Ok(said)
 }
 
+/// The transparency figures of `year` from one snapshot of the log.
+pub fn figures(
+    store: &mut Store,
+    year: i32,
+    clock: Clock,
+) -> anyhow::Result<crate::stats::Figures> {
+    let snapshot = store.snapshot()?;
+    let ops = snapshot.ops();
+    Ok(crate::stats::figures(
+        year,
+        &ops.cases_of_year(year)?,
+        clock::stamp(clock.now()),
+        ops.head()?,
+    ))
+}
+
+/// `cases stats`.
+pub fn stats(
+    store: &mut Store,
+    year: Option<i32>,
+    format: (bool, bool),
+    clock: Clock,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let year = year.unwrap_or_else(|| clock.now().year());
+    let f = figures(store, year, clock)?;
+    match format {
+        (true, _) => {
+            serde_json::to_writer_pretty(&mut *out, &f)?;
+            writeln!(out)?;
+        }
+        (_, true) => write!(out, "{}", f.csv())?,
+        _ => write!(out, "{}", f.text())?,
+    }
+    Ok(())
+}
+
 /// `cases list`.
 pub fn list(
     store: &Store,
@@ -544,6 +586,11 @@ pub fn show(
             .unwrap_or_default()
     )?;
     writeln!(out, "  deadline:         {}", opt(&c.deadline))?;
+    writeln!(
+        out,
+        "  outcome:          {}",
+        c.outcome.map_or("-", |o| o.as_str())
+    )?;
     writeln!(out, "  opened:           {}", c.opened_at)?;
 
     writeln!(out, "messages:")?;

@@ -169,6 +169,7 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
                     deadline,
                     kind,
                     emergency,
+                    outcome,
                     note,
                 } => {
                     let changes = Changes {
@@ -178,6 +179,7 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
                         deadline,
                         kind,
                         emergency,
+                        outcome,
                         note,
                     };
                     for line in cases::set(&mut store, id, &changes, &cases::operator(), clock)? {
@@ -198,6 +200,9 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
                     {
                         println!("{line}");
                     }
+                }
+                CasesCommand::Stats { year, json, csv } => {
+                    cases::stats(&mut store, year, (json, csv), clock, &mut out)?
                 }
                 CasesCommand::Export { id, out: dir } => {
                     let manifest = export::export(&mut store, id, &dir, &cases::operator(), clock)?;

@@ -77,6 +77,8 @@ pub struct FieldsForm {
     #[serde(default)]
     emergency: String,
     #[serde(default)]
+    outcome: String,
+    #[serde(default)]
     note: String,
 }
 
@@ -121,7 +123,12 @@ pub async fn fields(
             )));
         }
     };
+    let outcome = match form.outcome.trim() {
+        "" => None,
+        o => Some(case::parse_outcome_setting(o).map_err(Failure::BadRequest)?),
+    };
     let changes = Changes {
+        outcome,
         hard_copy_served: date(&form.hard_copy_served)?,
         user_notice,
         // The until field is sent with every form; it applies only to a

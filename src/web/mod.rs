@@ -16,7 +16,8 @@
 //! own stylesheet.
 //!
 //! - [`session`]: sign-in, sessions, CSRF tokens, the sign-in rate limit.
-//! - [`pages`]: the views (board, quarantine, deadlines, search, case).
+//! - [`pages`]: the views (board, quarantine, deadlines, search, case,
+//!   figures).
 //! - [`actions`]: the editors' changes (status, fields, note, release from
 //!   quarantine).
 
@@ -112,6 +113,7 @@ pub fn router(board: Arc<Board>) -> Router {
         .route("/quarantine", get(pages::quarantine))
         .route("/deadlines", get(pages::deadlines))
         .route("/search", get(pages::search))
+        .route("/stats", get(pages::stats))
         .route("/cases/{reference}", get(pages::case))
         .route("/cases/{reference}/status", post(actions::status))
         .route("/cases/{reference}/fields", post(actions::fields))

@@ -589,3 +589,50 @@ pub async fn bundle(
         .await?;
     Ok(download(&format!("{reference}-evidence.tar"), archive))
 }
+
+#[derive(Deserialize, Default)]
+pub struct StatsQuery {
+    #[serde(default)]
+    year: Option<i32>,
+}
+
+#[derive(Template)]
+#[template(path = "stats.html")]
+struct StatsPage {
+    frame: Frame,
+    figures: crate::stats::Figures,
+    sections: Vec<(&'static str, Vec<(String, usize)>)>,
+}
+
+/// `GET /stats?year=`: the transparency figures of `cases stats`.
+pub async fn stats(
+    State(board): State<Arc<Board>>,
+    signed: Signed,
+    Query(query): Query<StatsQuery>,
+) -> Result<Response, Failure> {
+    let clock = board.clock;
+    let year = query.year.unwrap_or_else(|| clock.now().year());
+    if !(2000..=9999).contains(&year) {
+        return Err(Failure::BadRequest(format!(
+            "{year} is not a year of the case log"
+        )));
+    }
+    let figures = board
+        .store
+        .run(move |s| cases::figures(s, year, clock))
+        .await?;
+    let pairs = |m: &std::collections::BTreeMap<String, usize>| {
+        m.iter().map(|(k, n)| (k.replace('_', " "), *n)).collect()
+    };
+    let sections = vec![
+        ("By decision", pairs(&figures.by_decision)),
+        ("By kind", pairs(&figures.by_kind)),
+        ("By agency", pairs(&figures.by_agency)),
+        ("Acknowledged, by outcome", pairs(&figures.by_outcome)),
+    ];
+    render(&StatsPage {
+        frame: Frame::from(&signed),
+        figures,
+        sections,
+    })
+}

@@ -350,6 +350,7 @@ fn an_editor_signs_in_works_a_case_and_signs_out() {
     browser.follow("#move");
     assert!(browser.url().ends_with(&served.police), "{}", browser.url());
     browser.type_into("#fields-form input[name=deadline]", "2026-12-31");
+    browser.select("#outcome", "none_held");
     browser.follow("#save-fields");
     browser.type_into("#note", "hard copy expected by courier");
     browser.follow("#add-note");
@@ -361,6 +362,7 @@ fn an_editor_signs_in_works_a_case_and_signs_out() {
     let shown = served.show(&served.police);
     assert_eq!(shown["case"]["status"], "under_review");
     assert_eq!(shown["case"]["deadline"], "2026-12-31");
+    assert_eq!(shown["case"]["outcome"], "none_held");
     let by_alice: Vec<(&str, &Value)> = shown["events"]
         .as_array()
         .unwrap()
@@ -370,11 +372,29 @@ fn an_editor_signs_in_works_a_case_and_signs_out() {
         .collect();
     assert_eq!(
         by_alice.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
-        ["status_changed", "field_changed", "note"],
+        ["status_changed", "field_changed", "field_changed", "note"],
         "{by_alice:?}"
     );
     assert_eq!(by_alice[0].1["note"], "reviewing with counsel");
-    assert_eq!(by_alice[2].1["note"], "hard copy expected by courier");
+    assert_eq!(by_alice[3].1["note"], "hard copy expected by courier");
+
+    // The year's figures, stamped with the audit head.
+    browser.follow("a[href=\"/stats\"]");
+    assert_eq!(
+        browser.text("#requests"),
+        "2 (authenticated: acknowledged or rejected)"
+    );
+    assert!(
+        browser.text("#quarantined").starts_with("1 "),
+        "{}",
+        browser.page_text()
+    );
+    assert!(
+        browser.page_text().contains("none held"),
+        "{}",
+        browser.page_text()
+    );
+    browser.screenshot(&shots.join("figures.png"));
 
     // Signing out ends the session: the page wants signing in again.
     browser.follow("form.who button");

@@ -1075,6 +1075,59 @@ fn a_quarantined_request_is_released_only_with_a_persons_note() {
 }
 
 #[test]
+fn stats_count_requests_by_decision_and_outcome_with_quarantine_apart() {
+    let log = Log::new();
+    let filed = log.ingest(&[
+        &police_request("Production order"),
+        &government("Court order 2026/7"),
+        &foreign("Auskunftsersuchen"),
+        &forged("Urgent disclosure"),
+    ]);
+    let police = s(&filed[0]["case"]).to_string();
+    let out = log.run(&["cases", "set", &police, "--outcome", "none_held"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(log.show(&police)["case"]["outcome"], "none_held");
+    let out = log.run(&["cases", "set", &police, "--outcome", "lost"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    let out = log.run(&["cases", "stats", "--year", "2026", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let f: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (f["cases"].as_u64(), f["requests"].as_u64()),
+        (Some(4), Some(3))
+    );
+    assert_eq!(f["quarantined"], 1);
+    assert_eq!(f["by_decision"]["acknowledge"], 2);
+    assert_eq!(f["by_decision"]["reject"], 1);
+    assert_eq!(f["by_agency"]["Royal Gibraltar Police"], 1);
+    assert_eq!(f["by_agency"]["HM Government of Gibraltar"], 1);
+    assert_eq!(f["by_agency"]["outside Gibraltar (rejected)"], 1);
+    assert_eq!(f["by_outcome"]["none_held"], 1);
+    assert_eq!(f["by_outcome"]["pending"], 1);
+    // Stamped with the head of the chain as it was counted.
+    let head: String = log
+        .install
+        .db()
+        .query_row(
+            "SELECT hash FROM events ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(f["audit_head"], head.as_str());
+    let out = log.run(&["cases", "stats", "--year", "2026", "--csv"]);
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert!(csv.starts_with("section,key,count\nyear,2026,\n"), "{csv}");
+    assert!(csv.contains(&format!("\naudit_head,{head},\n")), "{csv}");
+    assert!(csv.contains("\ndecision,acknowledge,2\n"), "{csv}");
+    assert!(csv.contains("\napart,quarantined,1\n"), "{csv}");
+    let out = log.run(&["cases", "stats", "--year", "2025"]);
+    assert!(text(&out).contains("requests: 0"), "{}", text(&out));
+    log.assert_intact();
+}
+
+#[test]
 fn case_fields_are_set_with_an_event_each() {
     let log = Log::new();
     log.ingest(&[&police_request("Production order")]);
