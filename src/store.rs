@@ -835,6 +835,16 @@ fn case_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Case> {
     })
 }
 
+/// A column list with each column qualified by a table alias (`c.id, c.reference, …`),
+/// for the statements that join.
+fn qualified(columns: &str, alias: &str) -> String {
+    columns
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 const ACCOUNT_COLUMNS: &str = "id, name, role, disabled, created_at, changed_at";
 
 fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
@@ -1664,11 +1674,7 @@ impl Ops<'_> {
     /// The live session whose token hashes to `token_sha256`: not expired
     /// at `now`, its account not disabled.
     pub fn session(&self, token_sha256: &str, now: &str) -> anyhow::Result<Option<Session>> {
-        let columns = ACCOUNT_COLUMNS
-            .split(", ")
-            .map(|c| format!("a.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = qualified(ACCOUNT_COLUMNS, "a");
         Ok(self
             .c
             .query_row(
@@ -1726,11 +1732,7 @@ impl Ops<'_> {
     /// IPs) or raw text contains `needle`, case-insensitively (ASCII);
     /// oldest first. An empty needle matches every case.
     pub fn search(&self, needle: &str) -> anyhow::Result<Vec<Case>> {
-        let columns = CASE_COLUMNS
-            .split(", ")
-            .map(|c| format!("c.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = qualified(CASE_COLUMNS, "c");
         let mut stmt = self.c.prepare(&format!(
             "SELECT {columns} FROM cases c WHERE ?1 = '' \
                OR instr(lower(c.reference), ?1) OR instr(lower(coalesce(c.agency, '')), ?1) \
@@ -1747,11 +1749,7 @@ impl Ops<'_> {
     /// The cases of a year, each with the decision on its opening message
     /// (`None` without a verdict), in reference order (`cases stats`).
     pub fn cases_of_year(&self, year: i32) -> anyhow::Result<Vec<(Case, Option<String>)>> {
-        let columns = CASE_COLUMNS
-            .split(", ")
-            .map(|c| format!("c.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let columns = qualified(CASE_COLUMNS, "c");
         let mut stmt = self.c.prepare(&format!(
             "SELECT {columns}, (SELECT v.decision FROM messages m JOIN verdicts v ON v.message_id = m.id \
                WHERE m.case_id = c.id ORDER BY m.id LIMIT 1) \

@@ -83,11 +83,7 @@ impl Served {
         args.extend(files.iter().map(|f| f.display().to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = install.run(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out);
         let filed: Value = serde_json::from_slice(&out.stdout).unwrap();
         let case = |i: usize, decision: &str| {
             assert_eq!(filed[i]["decision"], decision, "{filed}");
@@ -109,11 +105,7 @@ impl Served {
                 "--password-file",
                 &pw.display().to_string(),
             ]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            succeeded(&out);
         }
         let child = Command::new(env!("CARGO_BIN_EXE_legal-intake"))
             .arg("--config")
@@ -151,11 +143,7 @@ impl Served {
     /// `cases show --json`.
     fn show(&self, reference: &str) -> Value {
         let out = self.install.run(&["cases", "show", reference, "--json"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&out);
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -233,6 +221,17 @@ impl Drop for Served {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The command exited 0; its output otherwise.
+fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The first form's CSRF token on a page.
@@ -408,11 +407,7 @@ fn an_editor_signs_in_works_a_case_and_signs_out() {
     );
     assert_eq!(kinds, 2);
     let audit = served.install.run(&["audit", "verify"]);
-    assert!(
-        audit.status.success(),
-        "{}",
-        String::from_utf8_lossy(&audit.stdout)
-    );
+    succeeded(&audit);
 }
 
 #[test]
@@ -589,11 +584,7 @@ fn forms_without_the_sessions_token_or_an_editor_are_refused() {
     assert_eq!(queued["actor"], "web:alice");
     assert_eq!(queued["data"]["note"], "confirmed by phone");
     let audit = served.install.run(&["audit", "verify"]);
-    assert!(
-        audit.status.success(),
-        "{}",
-        String::from_utf8_lossy(&audit.stdout)
-    );
+    succeeded(&audit);
 
     // The evidence bundle, for a viewer too: one archive that tar opens,
     // the message in it byte for byte, the export an event by the account.
@@ -617,11 +608,7 @@ fn forms_without_the_sessions_token_or_an_editor_are_refused() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let folder = dir.join(&served.police);
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(folder.join("manifest.json")).unwrap()).unwrap();
@@ -695,11 +682,7 @@ fn failed_sign_ins_are_limited_and_account_changes_end_sessions() {
         "--password-file",
         &pw.display().to_string(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 session(s) ended"));
     let r = served.get("/", &bob);
     assert_eq!((r.status, r.header("location")), (303, Some("/login")));
