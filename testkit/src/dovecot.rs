@@ -556,85 +556,10 @@ protocol imap {{
     )
 }
 
-/// Generates, with the `openssl` CLI, a CA and a server certificate for
-/// 127.0.0.1 and localhost signed by it; returns the CA's PEM path.
+/// A CA and a server certificate for 127.0.0.1 and localhost signed by it
+/// ([`crate::tls::test_ca`]); returns the CA's PEM path.
 fn make_certificates(root: &Path) -> PathBuf {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(root)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("the TLS tests need the openssl CLI (scripts/install-test-deps): {e}")
-            });
-        assert!(
-            out.status.success(),
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    fs::write(
-        root.join("server.ext"),
-        "basicConstraints = critical, CA:FALSE\n\
-         keyUsage = critical, digitalSignature\n\
-         extendedKeyUsage = serverAuth\n\
-         subjectAltName = IP:127.0.0.1, DNS:localhost\n",
-    )
-    .unwrap();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=legal-intake test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ]);
-    root.join("ca.pem")
+    crate::tls::test_ca(root, "legal-intake test CA").ca
 }
 
 // ---- OAuth 2 token info --------------------------------------------------------

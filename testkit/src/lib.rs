@@ -7,7 +7,7 @@
 //! builds well-formed RFC 5322 messages to sign and feed to the daemon.
 //! [`dovecot`], [`smtp_sink`] and [`postfix`] run the real mail servers of
 //! the integration tests (Dovecot, aiosmtpd, Postfix) as throwaway
-//! instances in temporary folders; [`webdriver`] drives a real headless
+//! instances in temporary folders, with [`tls`]'s throwaway CA; [`webdriver`] drives a real headless
 //! Chromium (Debian's) over WebDriver, and [`http`] sends the requests no
 //! browser would. Network traffic never leaves the loopback interface.
 //!
@@ -25,6 +25,7 @@ pub mod http;
 pub mod mail;
 pub mod postfix;
 pub mod smtp_sink;
+pub mod tls;
 pub mod webdriver;
 
 /// A port on 127.0.0.1 that was free a moment ago (chosen by the OS, then

@@ -352,76 +352,11 @@ fn python() -> PathBuf {
     python
 }
 
-/// A CA and a certificate for 127.0.0.1 and localhost signed by it, made
-/// with the openssl CLI: (CA certificate, server certificate, server key).
+/// A CA and a certificate for 127.0.0.1 and localhost signed by it
+/// ([`crate::tls::test_ca`]): (CA certificate, server certificate, server key).
 fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("the TLS tests need the openssl CLI (scripts/install-test-deps)");
-        assert!(
-            out.status.success(),
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    fs::write(
-        dir.join("san.ext"),
-        "subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n",
-    )
-    .unwrap();
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=legal-intake test SMTP CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
+    let ca = crate::tls::test_ca(dir, "legal-intake test SMTP CA");
+    (ca.ca, ca.cert, ca.key)
 }
 
 /// How [`Broken`] ends a transaction once it has the message content.
