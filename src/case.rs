@@ -273,10 +273,6 @@ impl ReplyKind {
     }
 }
 
-/// Days after a verified request was opened by which its duplicate hard
-/// copy should have been served in person (a reminder, not a rule).
-pub const HARD_COPY_DAYS: i64 = 14;
-
 /// A case as stored.
 #[derive(Debug, Clone, Serialize)]
 pub struct Case {
@@ -413,11 +409,11 @@ impl Case {
     }
 
     /// What the legal team should be reminded of on the local day
-    /// `today`: the duplicate hard copy still not served
-    /// [`HARD_COPY_DAYS`] days after an agency's request was opened, and a
-    /// prohibition on telling the user whose end date has come (the user
-    /// may now be told).
-    pub fn reminders(&self, today: time::Date) -> Vec<String> {
+    /// `today`: the duplicate hard copy still not served `hard_copy_days`
+    /// days after an agency's request was opened (`reminders.hard_copy_days`),
+    /// and a prohibition on telling the user whose end date has come (the
+    /// user may now be told).
+    pub fn reminders(&self, today: time::Date, hard_copy_days: u32) -> Vec<String> {
         let today = crate::clock::day(today);
         let mut out = Vec::new();
         let awaiting_hard_copy = matches!(
@@ -428,10 +424,10 @@ impl Case {
             let opened = self.opened_at.get(..10).unwrap_or(&self.opened_at);
             let due = time::Date::parse(opened, crate::clock::DAY)
                 .ok()
-                .map(|d| crate::clock::day(d + time::Duration::days(HARD_COPY_DAYS)));
+                .map(|d| crate::clock::day(d + time::Duration::days(hard_copy_days.into())));
             if due.is_some_and(|due| due <= today) {
                 out.push(format!(
-                    "hard copy not served {HARD_COPY_DAYS} days after the request (opened {opened})"
+                    "hard copy not served {hard_copy_days} days after the request (opened {opened})"
                 ));
             }
         }
@@ -506,16 +502,21 @@ mod tests {
             updated_at: "2026-11-02T10:00:00Z".into(),
         };
         let day = |d: u8| time::Date::from_calendar_date(2026, time::Month::November, d).unwrap();
-        assert!(c.reminders(day(15)).is_empty(), "13 days, before the end");
+        assert!(
+            c.reminders(day(15), 14).is_empty(),
+            "13 days, before the end"
+        );
         assert_eq!(
-            c.reminders(day(16)),
+            c.reminders(day(16), 14),
             ["hard copy not served 14 days after the request (opened 2026-11-02)"]
         );
-        assert_eq!(c.reminders(day(20)).len(), 2);
-        assert!(c.reminders(day(20))[1].contains("ended on 2026-11-20: the user may now be told"));
+        assert_eq!(c.reminders(day(20), 14).len(), 2);
+        assert!(
+            c.reminders(day(20), 14)[1].contains("ended on 2026-11-20: the user may now be told")
+        );
         c.hard_copy_served = Some("2026-11-10".into());
         c.user_notice = UserNotice::Permitted;
-        assert!(c.reminders(day(20)).is_empty());
+        assert!(c.reminders(day(20), 14).is_empty());
         // An unauthenticated or finished case is not waiting for a hard copy.
         c.hard_copy_served = None;
         for (status, authenticated) in [
@@ -525,7 +526,7 @@ mod tests {
         ] {
             c.status = status;
             c.authenticated = authenticated;
-            assert!(c.reminders(day(20)).is_empty(), "{status:?}");
+            assert!(c.reminders(day(20), 14).is_empty(), "{status:?}");
         }
     }
     use Status::*;

@@ -66,6 +66,7 @@ pub struct Config {
     pub notify: Option<Notify>,
     pub store: Store,
     pub limits: Limits,
+    pub reminders: Reminders,
     pub triage: Triage,
     /// The Prometheus endpoint of `run`; `None` without a `[metrics]`
     /// section.
@@ -159,6 +160,14 @@ pub struct Limits {
     pub replies_per_sender_per_day: u32,
 }
 
+/// What the board and the daily digest remind the legal team of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reminders {
+    /// Days after a verified request was opened by which its duplicate
+    /// hard copy should have been served in person.
+    pub hard_copy_days: u32,
+}
+
 #[derive(Debug, Clone)]
 pub struct Triage {
     /// Regular-expression-free patterns for IVPN account IDs, where `X` is
@@ -215,6 +224,8 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    reminders: RawReminders,
     #[serde(default)]
     triage: RawTriage,
     metrics: Option<RawMetrics>,
@@ -314,6 +325,12 @@ struct RawTriage {
 struct RawMetrics {
     listen: Option<String>,
     allow_remote: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReminders {
+    hard_copy_days: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -505,6 +522,14 @@ impl Validator<'_> {
             ),
         };
         let limits = self.limits(raw.limits)?;
+        let hard_copy_days = raw.reminders.hard_copy_days.unwrap_or(14);
+        if !(1..=365).contains(&hard_copy_days) {
+            return Err(self.err(
+                "reminders.hard_copy_days",
+                format!("{hard_copy_days} is out of range: 1 to 365"),
+            ));
+        }
+        let reminders = Reminders { hard_copy_days };
         let triage = self.triage(raw.triage)?;
         let metrics = raw.metrics.map(|m| self.metrics(m)).transpose()?;
         let web = raw.web.map(|w| self.web(w)).transpose()?;
@@ -545,6 +570,7 @@ impl Validator<'_> {
             notify,
             store,
             limits,
+            reminders,
             triage,
             metrics,
             web,
@@ -1010,6 +1036,23 @@ mod tests {
             ),
             "smtp.from",
             "single mailbox",
+        );
+    }
+
+    #[test]
+    fn reminders_default_to_a_fortnight_within_a_year() {
+        let c = Config::parse(Path::new("/etc/x/config.toml"), MINIMAL).unwrap();
+        assert_eq!(c.reminders.hard_copy_days, 14);
+        let c = Config::parse(
+            Path::new("/etc/x/config.toml"),
+            &format!("{MINIMAL}[reminders]\nhard_copy_days = 30\n"),
+        )
+        .unwrap();
+        assert_eq!(c.reminders.hard_copy_days, 30);
+        check(
+            &format!("{MINIMAL}[reminders]\nhard_copy_days = 0\n"),
+            "reminders.hard_copy_days",
+            "1 to 365",
         );
     }
 

@@ -200,6 +200,7 @@ pub fn digest(
     zone: &str,
     now: OffsetDateTime,
     head: Option<String>,
+    hard_copy_days: u32,
 ) -> DigestFacts {
     let mut facts = DigestFacts {
         day: crate::clock::day(today),
@@ -227,7 +228,7 @@ pub fn digest(
             opened_at: c.opened_at.clone(),
         };
         facts.open.push(listed.clone());
-        for text in c.reminders(today) {
+        for text in c.reminders(today, hard_copy_days) {
             facts.reminders.push(Reminder {
                 reference: c.reference.to_string(),
                 text,
@@ -815,7 +816,14 @@ mod tests {
             case(10, Status::OutOfJurisdiction, Some("2026-11-20")),    // overdue
             case(11, Status::Quarantined, Some("not a date")),
         ];
-        let f = digest(&cases, today, "Europe/Gibraltar", now, Some(HEAD.into()));
+        let f = digest(
+            &cases,
+            today,
+            "Europe/Gibraltar",
+            now,
+            Some(HEAD.into()),
+            14,
+        );
         assert_eq!(refs(&f.open), [1, 2, 3, 4, 5, 7, 8, 9, 10, 11]);
         assert_eq!(refs(&f.overdue), [10, 1, 8]);
         assert_eq!(refs(&f.due_soon), [2, 3, 9]);
@@ -873,6 +881,7 @@ mod tests {
             "UTC",
             datetime!(2026-11-29 07:00:00 UTC),
             None,
+            14,
         );
         assert_eq!(
             (f.quarantined.total, f.quarantined.cases.len()),
@@ -887,6 +896,7 @@ mod tests {
             "UTC",
             datetime!(2026-11-29 07:00:00 UTC),
             None,
+            14,
         );
         assert!(digest_body(&empty).contains("Open cases (not closed): 0\n  none\n"));
     }

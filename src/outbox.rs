@@ -113,6 +113,8 @@ pub struct Mailer {
     /// and the local hour of the daily digest.
     notify_to: Vec<String>,
     digest_hour: u8,
+    /// `reminders.hard_copy_days`, for the digest's reminders.
+    hard_copy_days: u32,
     /// The domain of the digests' Message-IDs.
     msgid_domain: String,
 }
@@ -182,6 +184,7 @@ impl Mailer {
                 .unwrap_or_default(),
             notify_to: config.notify_recipients(),
             digest_hour: config.notify.as_ref().map_or(0, |n| n.digest_hour),
+            hard_copy_days: config.reminders.hard_copy_days,
             msgid_domain: crate::msgid::domain(config),
         })
     }
@@ -732,6 +735,7 @@ pub async fn queue_digest_if_due(
     let day = crate::clock::day(local.date);
     let recipients = mailer.notify_to.clone();
     let domain = mailer.msgid_domain.clone();
+    let hard_copy_days = mailer.hard_copy_days;
     store.run(move |s| {
         let tx = s.begin()?;
         let ops = tx.ops();
@@ -746,7 +750,14 @@ pub async fn queue_digest_if_due(
         }
         // One view of the log for every address: the cases and the head
         // before any of this digest's own events.
-        let facts = notice::digest(&ops.open_cases()?, local.date, &local.zone, now, ops.head()?);
+        let facts = notice::digest(
+            &ops.open_cases()?,
+            local.date,
+            &local.zone,
+            now,
+            ops.head()?,
+            hard_copy_days,
+        );
         let payload = serde_json::to_string(&facts)?;
         let payload_sha256 = sha256_hex(payload.as_bytes());
         let at = stamp(now);

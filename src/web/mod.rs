@@ -46,6 +46,8 @@ pub struct Board {
     limiter: Mutex<session::Limiter>,
     /// The domain of the Message-IDs of replies queued from the board.
     reply_domain: String,
+    /// `reminders.hard_copy_days`.
+    hard_copy_days: u32,
 }
 
 /// `serve`: the board until SIGTERM or SIGINT.
@@ -61,6 +63,7 @@ pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<()> {
         session_hours: web.session_hours,
         limiter: Mutex::new(session::Limiter::default()),
         reply_domain: crate::msgid::domain(&config),
+        hard_copy_days: config.reminders.hard_copy_days,
     });
     let listener = crate::http::bind(web.listen, "web.listen").await?;
     let addr = listener.local_addr()?;

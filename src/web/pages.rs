@@ -34,7 +34,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn of(c: &Case, today: time::Date) -> Row {
+    fn of(c: &Case, today: time::Date, hard_copy_days: u32) -> Row {
         Row {
             reference: c.reference.to_string(),
             status: c.status.as_str(),
@@ -45,7 +45,7 @@ impl Row {
             authenticated: c.authenticated,
             emergency: c.emergency,
             deadline: c.deadline.clone().unwrap_or_default(),
-            reminders: c.reminders(today),
+            reminders: c.reminders(today, hard_copy_days),
         }
     }
 }
@@ -79,8 +79,16 @@ struct BoardPage {
 /// `GET /`: open cases by state, emergencies and reminders first.
 pub async fn board(State(board): State<Arc<Board>>, signed: Signed) -> Result<Response, Failure> {
     let today = today(&board)?;
+    let days = board.hard_copy_days;
     let cases = all_cases(&board).await?;
-    let facts = notice::digest(&cases, today, "", board.clock.now(), None);
+    let facts = notice::digest(
+        &cases,
+        today,
+        "",
+        board.clock.now(),
+        None,
+        board.hard_copy_days,
+    );
     let open: Vec<&Case> = cases
         .iter()
         .filter(|c| !matches!(c.status, Status::Closed | Status::Quarantined))
@@ -93,7 +101,7 @@ pub async fn board(State(board): State<Arc<Board>>, signed: Signed) -> Result<Re
             rows: open
                 .iter()
                 .filter(|c| c.status == *s)
-                .map(|c| Row::of(c, today))
+                .map(|c| Row::of(c, today, days))
                 .collect(),
         })
         .collect();
@@ -102,11 +110,11 @@ pub async fn board(State(board): State<Arc<Board>>, signed: Signed) -> Result<Re
         emergency: open
             .iter()
             .filter(|c| c.emergency)
-            .map(|c| Row::of(c, today))
+            .map(|c| Row::of(c, today, days))
             .collect(),
         reminders: open
             .iter()
-            .map(|c| Row::of(c, today))
+            .map(|c| Row::of(c, today, days))
             .filter(|r| !r.reminders.is_empty())
             .collect(),
         groups,
@@ -129,8 +137,16 @@ pub async fn deadlines(
     signed: Signed,
 ) -> Result<Response, Failure> {
     let today = today(&board)?;
+    let days = board.hard_copy_days;
     let cases = all_cases(&board).await?;
-    let facts = notice::digest(&cases, today, "", board.clock.now(), None);
+    let facts = notice::digest(
+        &cases,
+        today,
+        "",
+        board.clock.now(),
+        None,
+        board.hard_copy_days,
+    );
     let rows = |section: &notice::Section| -> Vec<Row> {
         section
             .cases
@@ -140,7 +156,7 @@ pub async fn deadlines(
                     .iter()
                     .find(|c| c.reference.to_string() == d.reference)
             })
-            .map(|c| Row::of(c, today))
+            .map(|c| Row::of(c, today, days))
             .collect()
     };
     let listed: Vec<String> = facts
@@ -157,7 +173,7 @@ pub async fn deadlines(
                 && !matches!(c.status, Status::Closed | Status::Responded)
                 && !listed.contains(&c.reference.to_string())
         })
-        .map(|c| Row::of(c, today))
+        .map(|c| Row::of(c, today, days))
         .collect();
     render(&DeadlinesPage {
         frame: Frame::from(&signed),
@@ -205,6 +221,7 @@ pub async fn quarantine(
     signed: Signed,
 ) -> Result<Response, Failure> {
     let today = today(&board)?;
+    let days = board.hard_copy_days;
     let held = board
         .store
         .run(move |s| {
@@ -213,7 +230,7 @@ pub async fn quarantine(
             for c in cases {
                 let d = cases::dossier(s, c.reference, false)?;
                 held.push(Held {
-                    row: Row::of(&c, today),
+                    row: Row::of(&c, today, days),
                     messages: d
                         .messages
                         .iter()
@@ -274,6 +291,7 @@ pub async fn search(
     Query(query): Query<SearchQuery>,
 ) -> Result<Response, Failure> {
     let today = today(&board)?;
+    let days = board.hard_copy_days;
     let q = crate::text::clean(query.q.trim(), 200);
     let day = |s: &str| -> Result<String, Failure> {
         let s = s.trim();
@@ -297,7 +315,7 @@ pub async fn search(
                 (from.is_empty() || opened >= from.as_str())
                     && (to.is_empty() || opened <= to.as_str())
             })
-            .map(|c| Row::of(c, today))
+            .map(|c| Row::of(c, today, days))
             .collect()
     } else {
         Vec::new()
@@ -373,6 +391,7 @@ pub async fn case(
 ) -> Result<Response, Failure> {
     let reference = reference(&id)?;
     let today = today(&board)?;
+    let days = board.hard_copy_days;
     let (dossier, sent): (Dossier, Vec<Option<Vec<u8>>>) = board
         .store
         .run(move |s| {
@@ -450,7 +469,7 @@ pub async fn case(
         .collect();
     render(&CasePage {
         frame: Frame::from(&signed),
-        row: Row::of(c, today),
+        row: Row::of(c, today, days),
         user_notice: format!(
             "{}{}",
             c.user_notice.describe(),
