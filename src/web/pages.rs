@@ -34,7 +34,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn of(c: &Case, today: time::Date, hard_copy_days: u32) -> Row {
+    fn of(c: &Case, today: Today) -> Row {
         Row {
             reference: c.reference.to_string(),
             status: c.status.as_str(),
@@ -45,7 +45,7 @@ impl Row {
             authenticated: c.authenticated,
             emergency: c.emergency,
             deadline: c.deadline.clone().unwrap_or_default(),
-            reminders: c.reminders(today, hard_copy_days),
+            reminders: c.reminders(today.date, today.hard_copy_days),
         }
     }
 }
@@ -56,8 +56,32 @@ pub struct Group {
     pub rows: Vec<Row>,
 }
 
-fn today(board: &Board) -> Result<time::Date, Failure> {
-    Ok(clock::local(board.clock.now())?.date)
+/// The local day the board is looking at, and what its reminders count.
+#[derive(Clone, Copy)]
+struct Today {
+    date: time::Date,
+    hard_copy_days: u32,
+}
+
+impl Today {
+    /// The digest's sorting of `cases` (its counts and deadline sections).
+    fn digest(self, board: &Board, cases: &[Case]) -> notice::DigestFacts {
+        notice::digest(
+            cases,
+            self.date,
+            "",
+            board.clock.now(),
+            None,
+            self.hard_copy_days,
+        )
+    }
+}
+
+fn today(board: &Board) -> Result<Today, Failure> {
+    Ok(Today {
+        date: clock::local(board.clock.now())?.date,
+        hard_copy_days: board.hard_copy_days,
+    })
 }
 
 async fn all_cases(board: &Board) -> Result<Vec<Case>, Failure> {
@@ -79,16 +103,8 @@ struct BoardPage {
 /// `GET /`: open cases by state, emergencies and reminders first.
 pub async fn board(State(board): State<Arc<Board>>, signed: Signed) -> Result<Response, Failure> {
     let today = today(&board)?;
-    let days = board.hard_copy_days;
     let cases = all_cases(&board).await?;
-    let facts = notice::digest(
-        &cases,
-        today,
-        "",
-        board.clock.now(),
-        None,
-        board.hard_copy_days,
-    );
+    let facts = today.digest(&board, &cases);
     let open: Vec<&Case> = cases
         .iter()
         .filter(|c| !matches!(c.status, Status::Closed | Status::Quarantined))
@@ -101,7 +117,7 @@ pub async fn board(State(board): State<Arc<Board>>, signed: Signed) -> Result<Re
             rows: open
                 .iter()
                 .filter(|c| c.status == *s)
-                .map(|c| Row::of(c, today, days))
+                .map(|c| Row::of(c, today))
                 .collect(),
         })
         .collect();
@@ -110,11 +126,11 @@ pub async fn board(State(board): State<Arc<Board>>, signed: Signed) -> Result<Re
         emergency: open
             .iter()
             .filter(|c| c.emergency)
-            .map(|c| Row::of(c, today, days))
+            .map(|c| Row::of(c, today))
             .collect(),
         reminders: open
             .iter()
-            .map(|c| Row::of(c, today, days))
+            .map(|c| Row::of(c, today))
             .filter(|r| !r.reminders.is_empty())
             .collect(),
         groups,
@@ -137,16 +153,8 @@ pub async fn deadlines(
     signed: Signed,
 ) -> Result<Response, Failure> {
     let today = today(&board)?;
-    let days = board.hard_copy_days;
     let cases = all_cases(&board).await?;
-    let facts = notice::digest(
-        &cases,
-        today,
-        "",
-        board.clock.now(),
-        None,
-        board.hard_copy_days,
-    );
+    let facts = today.digest(&board, &cases);
     let rows = |section: &notice::Section| -> Vec<Row> {
         section
             .cases
@@ -156,7 +164,7 @@ pub async fn deadlines(
                     .iter()
                     .find(|c| c.reference.to_string() == d.reference)
             })
-            .map(|c| Row::of(c, today, days))
+            .map(|c| Row::of(c, today))
             .collect()
     };
     let listed: Vec<String> = facts
@@ -173,7 +181,7 @@ pub async fn deadlines(
                 && !matches!(c.status, Status::Closed | Status::Responded)
                 && !listed.contains(&c.reference.to_string())
         })
-        .map(|c| Row::of(c, today, days))
+        .map(|c| Row::of(c, today))
         .collect();
     render(&DeadlinesPage {
         frame: Frame::from(&signed),
@@ -221,7 +229,6 @@ pub async fn quarantine(
     signed: Signed,
 ) -> Result<Response, Failure> {
     let today = today(&board)?;
-    let days = board.hard_copy_days;
     let held = board
         .store
         .run(move |s| {
@@ -230,7 +237,7 @@ pub async fn quarantine(
             for c in cases {
                 let d = cases::dossier(s, c.reference, false)?;
                 held.push(Held {
-                    row: Row::of(&c, today, days),
+                    row: Row::of(&c, today),
                     messages: d
                         .messages
                         .iter()
@@ -291,7 +298,6 @@ pub async fn search(
     Query(query): Query<SearchQuery>,
 ) -> Result<Response, Failure> {
     let today = today(&board)?;
-    let days = board.hard_copy_days;
     let q = crate::text::clean(query.q.trim(), 200);
     let day = |s: &str| -> Result<String, Failure> {
         let s = s.trim();
@@ -315,7 +321,7 @@ pub async fn search(
                 (from.is_empty() || opened >= from.as_str())
                     && (to.is_empty() || opened <= to.as_str())
             })
-            .map(|c| Row::of(c, today, days))
+            .map(|c| Row::of(c, today))
             .collect()
     } else {
         Vec::new()
@@ -391,7 +397,6 @@ pub async fn case(
 ) -> Result<Response, Failure> {
     let reference = reference(&id)?;
     let today = today(&board)?;
-    let days = board.hard_copy_days;
     let (dossier, sent): (Dossier, Vec<Option<Vec<u8>>>) = board
         .store
         .run(move |s| {
@@ -469,7 +474,7 @@ pub async fn case(
         .collect();
     render(&CasePage {
         frame: Frame::from(&signed),
-        row: Row::of(c, today, days),
+        row: Row::of(c, today),
         user_notice: format!(
             "{}{}",
             c.user_notice.describe(),
