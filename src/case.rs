@@ -295,6 +295,9 @@ pub struct Case {
     pub user_notice: UserNotice,
     /// Until when notice is prohibited, when the process says.
     pub user_notice_until: Option<String>,
+    /// When the user was told of the request (date or instant), once they
+    /// have been.
+    pub user_notified: Option<String>,
     /// The response deadline, when one is set.
     pub deadline: Option<String>,
     /// How the request ended, for the transparency figures; `None` while
@@ -314,6 +317,7 @@ pub enum Field {
     HardCopyServed,
     UserNotice,
     UserNoticeUntil,
+    UserNotified,
     Deadline,
     Outcome,
 }
@@ -326,6 +330,7 @@ impl Field {
             Field::HardCopyServed => "hard_copy_served",
             Field::UserNotice => "user_notice",
             Field::UserNoticeUntil => "user_notice_until",
+            Field::UserNotified => "user_notified",
             Field::Deadline => "deadline",
             Field::Outcome => "outcome",
         }
@@ -400,6 +405,7 @@ impl Case {
             Field::HardCopyServed,
             Field::UserNotice,
             Field::UserNoticeUntil,
+            Field::UserNotified,
             Field::Deadline,
             Field::Outcome,
         ] {
@@ -410,9 +416,10 @@ impl Case {
 
     /// What the legal team should be reminded of on the local day
     /// `today`: the duplicate hard copy still not served `hard_copy_days`
-    /// days after an agency's request was opened (`reminders.hard_copy_days`),
-    /// and a prohibition on telling the user whose end date has come (the
-    /// user may now be told).
+    /// days after an agency's request was opened (`reminders.hard_copy_days`);
+    /// a prohibition on telling the user whose end date has come, and
+    /// notice that is permitted, while the date the user was told is not
+    /// recorded.
     pub fn reminders(&self, today: time::Date, hard_copy_days: u32) -> Vec<String> {
         let today = crate::clock::day(today);
         let mut out = Vec::new();
@@ -431,15 +438,23 @@ impl Case {
                 ));
             }
         }
-        if self.status != Status::Closed
-            && self.user_notice == UserNotice::Prohibited
-            && let Some(until) = &self.user_notice_until
-            && until.get(..10).unwrap_or(until) <= today.as_str()
-        {
-            out.push(format!(
-                "the prohibition on telling the user ended on {}: the user may now be told",
-                until.get(..10).unwrap_or(until)
-            ));
+        // Telling the user: once it is allowed, until it is recorded done.
+        if self.status != Status::Closed && self.authenticated && self.user_notified.is_none() {
+            match (&self.user_notice, &self.user_notice_until) {
+                (UserNotice::Prohibited, Some(until))
+                    if until.get(..10).unwrap_or(until) <= today.as_str() =>
+                {
+                    out.push(format!(
+                        "the prohibition on telling the user ended on {}: the user may now be told",
+                        until.get(..10).unwrap_or(until)
+                    ));
+                }
+                (UserNotice::Permitted, _) => out.push(
+                    "the user may be told and has not been (record it with the date they were told)"
+                        .to_string(),
+                ),
+                _ => {}
+            }
         }
         out
     }
@@ -452,6 +467,7 @@ impl Case {
             Field::HardCopyServed => self.hard_copy_served.clone().into(),
             Field::UserNotice => self.user_notice.as_str().into(),
             Field::UserNoticeUntil => self.user_notice_until.clone().into(),
+            Field::UserNotified => self.user_notified.clone().into(),
             Field::Deadline => self.deadline.clone().into(),
             Field::Outcome => self.outcome.map(|o| o.as_str()).into(),
         }
@@ -496,6 +512,7 @@ mod tests {
             hard_copy_served: None,
             user_notice: UserNotice::Prohibited,
             user_notice_until: Some("2026-11-20".into()),
+            user_notified: None,
             deadline: None,
             outcome: None,
             opened_at: "2026-11-02T10:00:00Z".into(),
@@ -516,7 +533,17 @@ mod tests {
         );
         c.hard_copy_served = Some("2026-11-10".into());
         c.user_notice = UserNotice::Permitted;
-        assert!(c.reminders(day(20), 14).is_empty());
+        assert_eq!(
+            c.reminders(day(20), 14),
+            ["the user may be told and has not been (record it with the date they were told)"]
+        );
+        // Told: nothing more to remind of.
+        c.user_notified = Some("2026-11-21".into());
+        assert!(c.reminders(day(22), 14).is_empty());
+        c.user_notice = UserNotice::Prohibited;
+        assert!(c.reminders(day(22), 14).is_empty());
+        c.user_notified = None;
+        c.user_notice = UserNotice::Unknown;
         // An unauthenticated or finished case is not waiting for a hard copy.
         c.hard_copy_served = None;
         for (status, authenticated) in [

@@ -132,6 +132,10 @@ pub enum CasesCommand {
         /// Until when notice is prohibited (with `--user-notice prohibited`).
         #[arg(long, value_name = "DATE", value_parser = case::parse_date_setting, requires = "user_notice")]
         until: Option<DateSetting>,
+        /// When the user was told of the request (`none` clears); ends the
+        /// reminders to tell them.
+        #[arg(long, value_name = "DATE", value_parser = case::parse_date_setting)]
+        user_notified: Option<DateSetting>,
         /// The response deadline (`none` clears).
         #[arg(long, value_name = "DATE", value_parser = case::parse_date_setting)]
         deadline: Option<DateSetting>,

@@ -785,6 +785,7 @@ mod tests {
             hard_copy_served: None,
             user_notice: UserNotice::Unknown,
             user_notice_until: None,
+            user_notified: None,
             deadline: deadline.map(str::to_string),
             outcome: None,
             opened_at: "2026-11-02T10:00:00Z".into(),

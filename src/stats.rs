@@ -189,6 +189,7 @@ mod tests {
             hard_copy_served: None,
             user_notice: UserNotice::Unknown,
             user_notice_until: None,
+            user_notified: None,
             deadline: None,
             outcome,
             opened_at: format!("{year}-03-01T10:00:00Z"),

@@ -277,8 +277,9 @@ CREATE TRIGGER verdicts_no_delete BEFORE DELETE ON verdicts
 BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
 "#;
 
-/// The case board's accounts and sessions (`users`, `serve`), and each
-/// case's outcome for the transparency figures (`cases stats`). A password
+/// The case board's accounts and sessions (`users`, `serve`), each case's
+/// outcome for the transparency figures (`cases stats`), and when its
+/// user was told (which ends the reminders to tell them). A password
 /// is kept only as its argon2id PHC string; a session only as the SHA-256
 /// of its cookie token, so a copy of the file opens no session. An account
 /// is disabled, never deleted: the audit trail names it.
@@ -306,6 +307,7 @@ CREATE INDEX sessions_account ON sessions (account_id);
 
 ALTER TABLE cases ADD COLUMN outcome TEXT
     CHECK (outcome IN ('data_produced', 'none_held', 'challenged'));
+ALTER TABLE cases ADD COLUMN user_notified TEXT;
 "#;
 
 /// Failures a caller may want to tell apart.
@@ -802,7 +804,8 @@ pub struct Ops<'c> {
 }
 
 const CASE_COLUMNS: &str = "id, reference, status, agency, requester, authenticated, kind, emergency, \
-     hard_copy_served, user_notice, user_notice_until, deadline, opened_at, updated_at, outcome";
+     hard_copy_served, user_notice, user_notice_until, deadline, opened_at, updated_at, outcome, \
+     user_notified";
 
 fn case_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Case> {
     let text = |i: usize| -> rusqlite::Result<String> { r.get(i) };
@@ -832,6 +835,7 @@ fn case_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Case> {
             .get::<_, Option<String>>(14)?
             .map(|o| o.parse().map_err(|_| bad(14, "outcome")))
             .transpose()?,
+        user_notified: r.get(15)?,
     })
 }
 
@@ -1247,6 +1251,7 @@ impl Ops<'_> {
             Field::HardCopyServed => "hard_copy_served",
             Field::UserNotice => "user_notice",
             Field::UserNoticeUntil => "user_notice_until",
+            Field::UserNotified => "user_notified",
             Field::Deadline => "deadline",
             Field::Outcome => "outcome",
         };
@@ -1755,7 +1760,7 @@ impl Ops<'_> {
                WHERE m.case_id = c.id ORDER BY m.id LIMIT 1) \
              FROM cases c WHERE c.year = ?1 ORDER BY c.number"
         ))?;
-        let rows = stmt.query_map([year], |r| Ok((case_row(r)?, r.get(15)?)))?;
+        let rows = stmt.query_map([year], |r| Ok((case_row(r)?, r.get(16)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

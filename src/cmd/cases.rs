@@ -85,6 +85,7 @@ pub struct Changes {
     pub hard_copy_served: Option<DateSetting>,
     pub user_notice: Option<UserNotice>,
     pub until: Option<DateSetting>,
+    pub user_notified: Option<DateSetting>,
     pub deadline: Option<DateSetting>,
     pub kind: Option<RequestKind>,
     pub emergency: Option<bool>,
@@ -124,6 +125,9 @@ impl Changes {
         } else if self.until.is_some() {
             return Err(UsageError("--until needs --user-notice prohibited".into()));
         }
+        if let Some(d) = &self.user_notified {
+            out.push((Field::UserNotified, date(d)));
+        }
         if let Some(d) = &self.deadline {
             out.push((Field::Deadline, date(d)));
         }
@@ -145,6 +149,7 @@ impl Changes {
         self.hard_copy_served.is_none()
             && self.user_notice.is_none()
             && self.until.is_none()
+            && self.user_notified.is_none()
             && self.deadline.is_none()
             && self.kind.is_none()
             && self.emergency.is_none()
@@ -163,7 +168,7 @@ pub fn set(
 ) -> anyhow::Result<Vec<String>> {
     if changes.is_empty() {
         return Err(UsageError(
-            "nothing to change: give --hard-copy-served, --user-notice, --deadline, --kind, --emergency, --outcome or --note"
+            "nothing to change: give --hard-copy-served, --user-notice, --user-notified, --deadline, --kind, --emergency, --outcome or --note"
                 .into(),
         )
         .into());
@@ -584,6 +589,11 @@ pub fn show(
             .as_deref()
             .map(|u| format!(" until {u}"))
             .unwrap_or_default()
+    )?;
+    writeln!(
+        out,
+        "  user told:        {}",
+        c.user_notified.as_deref().unwrap_or("not yet")
     )?;
     writeln!(out, "  deadline:         {}", opt(&c.deadline))?;
     writeln!(

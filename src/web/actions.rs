@@ -73,6 +73,8 @@ pub struct FieldsForm {
     #[serde(default)]
     until: String,
     #[serde(default)]
+    user_notified: String,
+    #[serde(default)]
     kind: String,
     #[serde(default)]
     emergency: String,
@@ -138,6 +140,7 @@ pub async fn fields(
         } else {
             None
         },
+        user_notified: date(&form.user_notified)?,
         deadline: date(&form.deadline)?,
         kind,
         emergency,

@@ -1142,6 +1142,8 @@ fn case_fields_are_set_with_an_event_each() {
         "prohibited",
         "--until",
         "2027-06-30",
+        "--user-notified",
+        "2027-07-01",
         "--deadline",
         "2026-12-01T17:00:00+01:00",
         "--kind",
@@ -1157,6 +1159,7 @@ fn case_fields_are_set_with_an_event_each() {
     assert_eq!(c["hard_copy_served"], "2026-11-05");
     assert_eq!(c["user_notice"], "prohibited");
     assert_eq!(c["user_notice_until"], "2027-06-30");
+    assert_eq!(c["user_notified"], "2027-07-01");
     assert_eq!(c["deadline"], "2026-12-01T16:00:00Z");
     assert_eq!(c["kind"], "search_warrant");
     assert_eq!(c["emergency"], true);
@@ -1167,7 +1170,7 @@ fn case_fields_are_set_with_an_event_each() {
         .filter(|e| e["kind"] == "field_changed")
         .map(|e| (s(&e["actor"]), s(&e["data"]["field"]), &e["data"]["to"]))
         .collect();
-    assert_eq!(changes.len(), 6, "{changes:?}");
+    assert_eq!(changes.len(), 7, "{changes:?}");
     let me = operator();
     assert!(changes.iter().all(|(actor, _, _)| *actor == me));
     assert!(changes.contains(&(me.as_str(), "hard_copy_served", &Value::from("2026-11-05"))));
