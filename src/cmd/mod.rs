@@ -4,7 +4,7 @@
 //!
 //! - [`verify`]: judge message files and print SPEC.md's reports.
 //! - [`ingest`]: file message files as `run` would (MTA pipe, replay).
-//! - [`cases`]: the legal team's `cases list|show|set-status|set|resend`.
+//! - [`cases`]: the legal team's `cases list|show|set-status|set|release|resend|stats`.
 //! - [`export`]: `cases export`, the evidence bundle with its manifest.
 //! - [`check`]: `check-config --connect`: IMAP, SMTP and DNS tried.
 //! - [`users`]: the case board's accounts, `users add|passwd|disable|enable|list`.
@@ -254,16 +254,16 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
         }
         Command::Serve => {
             let config = load(&cli.config)?;
-            if config.web.is_none() {
+            let Some(web) = config.web.clone() else {
                 return Err(Failure::Config(config::ConfigError {
                     file: config.path.clone(),
                     key: "web".into(),
                     reason: "is required by `serve`: a [web] section with `listen`".into(),
                 }));
-            }
+            };
             let clock = clock()?;
             let rt = runtime()?;
-            rt.block_on(crate::web::serve(config, clock))?;
+            rt.block_on(crate::web::serve(config, web, clock))?;
             Ok(Exit::Success)
         }
         Command::Audit {

@@ -10,14 +10,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::session::Signed;
-use super::{Board, Failure};
+use super::{Board, Failure, reference};
 use crate::case::{self, DateSetting, Reference, Status, UserNotice};
 use crate::cmd::cases::{self, Changes};
 use crate::triage::RequestKind;
-
-fn reference(s: &str) -> Result<Reference, Failure> {
-    s.parse().map_err(|_| Failure::NotFound)
-}
 
 fn back(reference: Reference) -> Response {
     Redirect::to(&format!("/cases/{reference}")).into_response()

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use askama::Template;
 use axum::Router;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 
@@ -51,11 +51,7 @@ pub struct Board {
 }
 
 /// `serve`: the board until SIGTERM or SIGINT.
-pub async fn serve(config: Config, clock: Clock) -> anyhow::Result<()> {
-    let web = config
-        .web
-        .clone()
-        .context("`serve` needs a [web] section in the configuration")?;
+pub async fn serve(config: Config, web: crate::config::Web, clock: Clock) -> anyhow::Result<()> {
     let store = Store::open(&config.store.database).context("cannot open the case log")?;
     let board = Arc::new(Board {
         store: SharedStore::new(store),
@@ -157,20 +153,20 @@ async fn security_headers(mut res: Response) -> Response {
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::CACHE_CONTROL, "no-store"),
+        (
+            HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+        (
+            HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ),
     ] {
         // A download sets its own, stricter policy.
         if !h.contains_key(&name) {
             h.insert(name, HeaderValue::from_static(value));
         }
     }
-    h.insert(
-        "cross-origin-opener-policy",
-        HeaderValue::from_static("same-origin"),
-    );
-    h.insert(
-        "cross-origin-resource-policy",
-        HeaderValue::from_static("same-origin"),
-    );
     res
 }
 
@@ -248,6 +244,11 @@ impl IntoResponse for Failure {
             Err(_) => (code, title.to_string()).into_response(),
         }
     }
+}
+
+/// The case reference of a path; a malformed one is simply not found.
+fn reference(s: &str) -> Result<crate::case::Reference, Failure> {
+    s.parse().map_err(|_| Failure::NotFound)
 }
 
 /// A page rendered, or the failure to.

@@ -10,9 +10,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::session::{Frame, Signed, render};
-use super::{Board, Failure};
-use crate::case::{Case, Reference, Status};
+use super::session::{Frame, Signed};
+use super::{Board, Failure, page, reference};
+use crate::case::{Case, Status};
 use crate::clock;
 use crate::cmd::cases::{self, Dossier};
 use crate::notice;
@@ -121,7 +121,7 @@ pub async fn board(State(board): State<Arc<Board>>, signed: Signed) -> Result<Re
                 .collect(),
         })
         .collect();
-    render(&BoardPage {
+    page(&BoardPage {
         frame: Frame::from(&signed),
         emergency: open
             .iter()
@@ -183,7 +183,7 @@ pub async fn deadlines(
         })
         .map(|c| Row::of(c, today))
         .collect();
-    render(&DeadlinesPage {
+    page(&DeadlinesPage {
         frame: Frame::from(&signed),
         groups: vec![
             Group {
@@ -262,7 +262,7 @@ pub async fn quarantine(
             Ok(held)
         })
         .await?;
-    render(&QuarantinePage {
+    page(&QuarantinePage {
         frame: Frame::from(&signed),
         held,
     })
@@ -326,7 +326,7 @@ pub async fn search(
     } else {
         Vec::new()
     };
-    render(&SearchPage {
+    page(&SearchPage {
         frame: Frame::from(&signed),
         q,
         from: query.from.trim().to_string(),
@@ -383,10 +383,6 @@ struct CasePage {
     replies: Vec<ShownReply>,
     events: Vec<ShownEvent>,
     kinds: Vec<&'static str>,
-}
-
-fn reference(s: &str) -> Result<Reference, Failure> {
-    s.parse().map_err(|_| Failure::NotFound)
 }
 
 /// `GET /cases/{reference}`.
@@ -472,7 +468,7 @@ pub async fn case(
             data: e.data.to_string(),
         })
         .collect();
-    render(&CasePage {
+    page(&CasePage {
         frame: Frame::from(&signed),
         row: Row::of(c, today),
         user_notice: format!(
@@ -654,7 +650,7 @@ pub async fn stats(
         ("By agency", pairs(&figures.by_agency)),
         ("Acknowledged, by outcome", pairs(&figures.by_outcome)),
     ];
-    render(&StatsPage {
+    page(&StatsPage {
         frame: Frame::from(&signed),
         figures,
         sections,

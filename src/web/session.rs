@@ -29,7 +29,7 @@ use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Board, Failure, page};
+use super::{Board, Failure};
 use crate::accounts::{self, Role, Session};
 use crate::audit::{self, kind, sha256_hex};
 use crate::clock;
@@ -245,16 +245,11 @@ pub async fn login(
     .await
     .map_err(|e| Failure::Internal(e.into()))?;
     let Some(account) = account.filter(|_| ok) else {
-        board
-            .limiter
-            .lock()
-            .expect("the limiter is never poisoned")
-            .fail(account_key, now);
-        board
-            .limiter
-            .lock()
-            .expect("the limiter is never poisoned")
-            .fail(peer_key, now);
+        {
+            let mut limiter = board.limiter.lock().expect("the limiter is never poisoned");
+            limiter.fail(account_key, now);
+            limiter.fail(peer_key, now);
+        }
         tracing::warn!(account = %name, peer = %peer.ip(), "sign-in refused: wrong name or password");
         return login_page(
             StatusCode::UNAUTHORIZED,
@@ -373,11 +368,6 @@ impl From<&Signed> for Frame {
             csrf: s.0.csrf.clone(),
         }
     }
-}
-
-/// Renders `t` for a signed-in page.
-pub fn render(t: &impl Template) -> Result<Response, Failure> {
-    page(t)
 }
 
 #[cfg(test)]
