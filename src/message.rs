@@ -157,10 +157,13 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
     let mut precedence = None;
     let mut suppress = None;
     for h in headers {
-        let raw_value = view
-            .get(h.offset_start as usize..h.offset_end as usize)
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default();
+        // The value as written, for the headers read here rather than by
+        // mail-parser; made only for those.
+        let raw_value = || {
+            view.get(h.offset_start as usize..h.offset_end as usize)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
         match &h.name {
             HeaderName::From => froms.push(&h.value),
             HeaderName::MessageId if inbound.message_id.is_none() => {
@@ -170,9 +173,9 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
                 inbound.subject = h.value.as_text().map(|s| clean(s, 998));
             }
             HeaderName::ReturnPath if inbound.return_path.is_none() => {
-                inbound.return_path = Some(parse_return_path(&raw_value));
+                inbound.return_path = Some(parse_return_path(&raw_value()));
             }
-            HeaderName::Received => inbound.received.push(crate::received::parse(&raw_value)),
+            HeaderName::Received => inbound.received.push(crate::received::parse(&raw_value())),
             HeaderName::InReplyTo | HeaderName::References => {
                 for id in ids(&h.value) {
                     if inbound.thread_ids.len() < 100 && !inbound.thread_ids.contains(&id) {
@@ -185,11 +188,11 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
                 if n.len() > 5 && n.as_bytes()[..5].eq_ignore_ascii_case(b"list-") {
                     list_header.get_or_insert_with(|| n.to_string());
                 } else if n.eq_ignore_ascii_case("auto-submitted") {
-                    auto_submitted.get_or_insert(raw_value);
+                    auto_submitted.get_or_insert_with(raw_value);
                 } else if n.eq_ignore_ascii_case("precedence") {
-                    precedence.get_or_insert(raw_value);
+                    precedence.get_or_insert_with(raw_value);
                 } else if n.eq_ignore_ascii_case("x-auto-response-suppress") {
-                    suppress.get_or_insert(raw_value);
+                    suppress.get_or_insert_with(raw_value);
                 }
             }
         }
