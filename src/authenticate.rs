@@ -34,16 +34,17 @@ use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY};
 use futures_util::StreamExt;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::system_conf::read_system_conf;
 use ipnet::IpNet;
-use mail_auth::common::crypto::Algorithm;
+use mail_auth::common::crypto::{Algorithm, VerifyingKey};
 use mail_auth::common::headers::Header;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
@@ -76,6 +77,7 @@ struct Inner {
     max_signatures: usize,
     budget: Duration,
     dns_timeout: Duration,
+    keys: KeyCache,
 }
 
 impl Authenticator {
@@ -112,8 +114,28 @@ impl Authenticator {
         opts.ndots = 0;
         // Evidence comes from DNS alone, never from a local hosts file.
         opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
-        let resolver = MessageAuthenticator::new(resolver_config, opts)
-            .map_err(|e| anyhow::anyhow!("cannot build the DNS resolver: {e}"))?;
+        // hickory builds a DNS-over-TLS client configuration whether or not
+        // it is used, from every certificate of the system's store: 4 ms at
+        // each start, most of what `verify` or `ingest` spends on one
+        // message. Lookups here are UDP and TCP only, so it is handed one
+        // that trusts nothing: no name server is ever reached over TLS.
+        let no_tls = tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow::anyhow!("cannot build the DNS resolver: {e}"))?
+        .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let resolver = MessageAuthenticator(
+            hickory_resolver::TokioResolver::builder_with_config(
+                resolver_config,
+                hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+            )
+            .with_options(opts)
+            .with_tls_config(no_tls)
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the DNS resolver: {e}"))?,
+        );
         Ok(Authenticator {
             inner: Arc::new(Inner {
                 resolver,
@@ -122,6 +144,7 @@ impl Authenticator {
                 max_signatures: config.auth.max_signatures,
                 budget: config.auth.time_budget,
                 dns_timeout: config.dns.timeout,
+                keys: KeyCache::default(),
             }),
         })
     }
@@ -386,11 +409,11 @@ impl Authenticator {
         let mut revoked = None;
         let mut invalid = None;
         for record in records {
-            match DomainKey::parse(record.as_bytes()) {
+            match self.inner.keys.read(&record) {
                 Ok(key) => {
                     return KeyLookup::Found(Box::new(Key {
                         flags: KeyFlags::read(&record),
-                        key: Arc::new(key),
+                        key,
                         record,
                     }));
                 }
@@ -706,6 +729,155 @@ struct Key {
     flags: KeyFlags,
 }
 
+/// Key records already read, by their text, so that a sender's key is
+/// read once rather than for every message it signs: mail-auth hands
+/// aws-lc the key's bytes at each verification, and aws-lc parses the RSA
+/// modulus and computes its Montgomery constants each time, a tenth of a
+/// message's DKIM work (scripts/bench-verify). Bounded: emptied when full,
+/// so a sender publishing many keys costs only the parsing it always did.
+#[derive(Default)]
+struct KeyCache(Mutex<HashMap<String, Arc<DomainKey>>>);
+
+/// Key records kept by [`KeyCache`].
+const KEY_CACHE: usize = 256;
+
+impl KeyCache {
+    /// The record read as mail-auth reads it, with an RSA key parsed once
+    /// (see [`ParsedRsa`]).
+    fn read(&self, record: &str) -> Result<Arc<DomainKey>, AuthError> {
+        let lock = || {
+            self.0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if let Some(key) = lock().get(record) {
+            return Ok(key.clone());
+        }
+        let mut key = DomainKey::parse(record.as_bytes())?;
+        // mail-auth's Ed25519 keys report no size; only its RSA keys are
+        // replaced.
+        let bits = key.p.public_key_bits();
+        if bits != usize::MAX
+            && let Some(parsed) = ParsedRsa::read(record, bits)
+        {
+            key.p = Box::new(parsed);
+        }
+        let key = Arc::new(key);
+        let mut keys = lock();
+        if keys.len() >= KEY_CACHE {
+            keys.clear();
+        }
+        keys.insert(record.to_string(), key.clone());
+        Ok(key)
+    }
+}
+
+/// An RSA key parsed once by aws-lc, verifying exactly as mail-auth's own
+/// key does (the same header canonicalisation, the same aws-lc algorithm
+/// and key parser, handed the same bytes), without parsing the key again
+/// for every signature. Only rsa-sha256, the one RSA algorithm that gets
+/// this far (rsa-sha1 is refused before any key is fetched).
+struct ParsedRsa {
+    key: ParsedPublicKey,
+    bits: usize,
+}
+
+impl ParsedRsa {
+    /// The record's `p=` key when the record is an RSA key (`k=` absent or
+    /// `rsa`) whose base64 and DER aws-lc reads; `None` leaves mail-auth's
+    /// own key in place, which then fails or passes as it always did.
+    fn read(record: &str, bits: usize) -> Option<ParsedRsa> {
+        let mut p = None;
+        for tag in record.split(';') {
+            let Some((name, value)) = tag.split_once('=') else {
+                continue;
+            };
+            match name.trim() {
+                "k" if !value.trim().eq_ignore_ascii_case("rsa") => return None,
+                "p" => p = Some(value),
+                _ => {}
+            }
+        }
+        let base64: Vec<u8> = p?.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        let der = data_encoding::BASE64.decode(&base64).ok()?;
+        let key = ParsedPublicKey::new(
+            &RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+            spki_stripped(&der).unwrap_or(&der),
+        )
+        .ok()?;
+        Some(ParsedRsa { key, bits })
+    }
+}
+
+/// The RSAPublicKey inside a SubjectPublicKeyInfo, found the way mail-auth
+/// finds it (an algorithm identifier of 13 bytes, then the bit string), so
+/// that aws-lc is handed what mail-auth would hand it; `None` when `der`
+/// is not laid out so (mail-auth then passes it on whole, and so do we).
+fn spki_stripped(der: &[u8]) -> Option<&[u8]> {
+    /// A DER length and what follows it.
+    fn length(bytes: &[u8]) -> Option<(usize, &[u8])> {
+        let first = *bytes.first()?;
+        if first & 0x80 == 0 {
+            return Some((usize::from(first), &bytes[1..]));
+        }
+        let n = usize::from(first & 0x7f);
+        let digits = bytes.get(1..=n)?;
+        let len = digits
+            .iter()
+            .fold(0usize, |len, d| (len << 8) | usize::from(*d));
+        Some((len, &bytes[n + 1..]))
+    }
+    const SEQUENCE: u8 = 0x30;
+    const OBJECT_ID: u8 = 0x06;
+    const BIT_STRING: u8 = 0x03;
+    let rest = der.strip_prefix(&[SEQUENCE])?;
+    let (_, rest) = length(rest)?;
+    let rest = rest.strip_prefix(&[SEQUENCE])?;
+    let (algorithm_len, rest) = length(rest)?;
+    if algorithm_len != 13 || rest.first() != Some(&OBJECT_ID) {
+        return None;
+    }
+    let rest = rest.get(13..)?.strip_prefix(&[BIT_STRING])?;
+    // After the length, the count of unused bits.
+    length(rest).and_then(|(_, bits)| bits.get(1..))
+}
+
+impl VerifyingKey for ParsedRsa {
+    fn verify<'a>(
+        &self,
+        headers: &mut dyn Iterator<Item = (&'a [u8], &'a [u8])>,
+        signature: &[u8],
+        canonicalization: mail_auth::dkim::Canonicalization,
+        algorithm: Algorithm,
+    ) -> mail_auth::Result<()> {
+        let mut data = Vec::with_capacity(256);
+        canonicalization.canonicalize_headers(headers, &mut data);
+        self.verify_bytes(&data, signature, algorithm)
+    }
+
+    fn verify_bytes(
+        &self,
+        input: &[u8],
+        signature: &[u8],
+        algorithm: Algorithm,
+    ) -> mail_auth::Result<()> {
+        use mail_auth::common::crypto::CryptoError;
+        match algorithm {
+            Algorithm::RsaSha256 => self
+                .key
+                .verify_sig(input, signature)
+                .map_err(|_| AuthError::Crypto(CryptoError::FailedVerification)),
+            // rsa-sha1 is never accepted (RFC 8301); an Ed25519 signature
+            // cannot be checked with an RSA key.
+            _ => Err(AuthError::Crypto(CryptoError::IncompatibleAlgorithms)),
+        }
+    }
+
+    fn public_key_bits(&self) -> usize {
+        self.bits
+    }
+}
+
 /// The key record's restrictions on its own use (RFC 6376 §3.6.1).
 #[derive(Debug, PartialEq, Eq)]
 struct KeyFlags {
@@ -934,6 +1106,119 @@ mod tests {
         assert!(looks_like_key("v=DKIM1; p="));
         assert!(looks_like_key("k=rsa; p=AB"));
         assert!(!looks_like_key("site-verification=0123"));
+    }
+
+    /// A message signed with `key` by police.gi.
+    fn signed(key: &testkit::dkim::TestKey, body: &str) -> Vec<u8> {
+        let message = format!(
+            "From: officer@police.gi\r\nTo: legal@ivpn.net\r\nSubject: Order\r\n\r\n{body}\r\n"
+        );
+        testkit::dkim::sign(
+            message.as_bytes(),
+            key,
+            &testkit::dkim::SignOptions::new("police.gi", "s1"),
+        )
+    }
+
+    /// What mail-auth's verification says of the message's one signature
+    /// with `key` published for it.
+    fn verified(raw: &[u8], key: DomainKey) -> DkimResult {
+        let message = AuthenticatedMessage::parse(raw).expect("parses");
+        let cache = OneKey {
+            name: "s1._domainkey.police.gi.".into(),
+            key: Txt::DomainKey(Arc::new(key)),
+        };
+        // Never asked: the key is in the cache.
+        let verifier = MessageAuthenticator::new(
+            hickory_resolver::config::ResolverConfig::from_name_servers(vec![]),
+            ResolverOpts::default(),
+        )
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let outputs = runtime
+            .block_on(verifier.verify_dkim(Parameters::new(&message).with_txt_cache(&cache)));
+        assert_eq!(outputs.len(), 1);
+        outputs[0].result().clone()
+    }
+
+    #[test]
+    fn a_parsed_rsa_key_verifies_as_mail_auths_own_does() {
+        let key = testkit::dkim::generate(testkit::dkim::KeyKind::Rsa(2048));
+        let good = signed(&key, "Production order for account 4711.");
+        // A signed header changed: the body hash still matches, so the
+        // key's verification is what refuses it.
+        let text = String::from_utf8(good.clone()).unwrap();
+        let forged = text
+            .replace("Subject: Order", "Subject: Ordex")
+            .into_bytes();
+        assert_ne!(forged, good);
+        // The SubjectPublicKeyInfo the record publishes, and the bare
+        // RSAPublicKey some publishers use instead.
+        let spki = data_encoding::BASE64
+            .decode(key.public_key_base64().as_bytes())
+            .unwrap();
+        let pkcs1 = spki_stripped(&spki)
+            .expect("an RSA SubjectPublicKeyInfo")
+            .to_vec();
+        assert_ne!(pkcs1, spki);
+        for der in [spki, pkcs1] {
+            let record = format!("v=DKIM1; k=rsa; p={}", data_encoding::BASE64.encode(&der));
+            let theirs = || DomainKey::parse(record.as_bytes()).unwrap();
+            let bits = theirs().p.public_key_bits();
+            assert_eq!(bits, 2048);
+            let ours = || DomainKey {
+                p: Box::new(ParsedRsa::read(&record, bits).expect("an RSA key")),
+                f: 0,
+            };
+            for raw in [&good, &forged] {
+                assert_eq!(verified(raw, ours()), verified(raw, theirs()));
+            }
+            assert_eq!(verified(&good, ours()), DkimResult::Pass);
+            assert!(matches!(verified(&forged, ours()), DkimResult::Fail(_)));
+            assert_eq!(ours().p.public_key_bits(), 2048);
+        }
+    }
+
+    #[test]
+    fn keys_not_read_as_rsa_are_left_to_mail_auth() {
+        let rsa = testkit::dkim::generate(testkit::dkim::KeyKind::Rsa(2048));
+        let p = rsa.public_key_base64();
+        assert!(ParsedRsa::read(&format!("v=DKIM1; p={p}"), 2048).is_some());
+        assert!(ParsedRsa::read(&format!("v=DKIM1; k=ed25519; p={p}"), 2048).is_none());
+        // Folded base64 is read; broken base64 or DER is mail-auth's to fail.
+        let folded = format!("v=DKIM1; k=rsa; p={} {}", &p[..40], &p[40..]);
+        assert!(ParsedRsa::read(&folded, 2048).is_some());
+        assert!(ParsedRsa::read(&format!("v=DKIM1; p={}", &p[1..]), 2048).is_none());
+        assert!(ParsedRsa::read("v=DKIM1; p=AAAA", 2048).is_none());
+        assert!(ParsedRsa::read("v=DKIM1; k=rsa", 2048).is_none());
+
+        // An Ed25519 record keeps mail-auth's key; the cache returns the
+        // same key for the same record, and reads a new record anew.
+        let ed = testkit::dkim::generate(testkit::dkim::KeyKind::Ed25519);
+        let cache = KeyCache::default();
+        let a = cache.read(&ed.dns_txt).unwrap();
+        assert_eq!(a.p.public_key_bits(), usize::MAX);
+        assert!(Arc::ptr_eq(&a, &cache.read(&ed.dns_txt).unwrap()));
+        let b = cache.read(&rsa.dns_txt).unwrap();
+        assert_eq!(b.p.public_key_bits(), 2048);
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(matches!(
+            cache.read("v=DKIM1; p="),
+            Err(AuthError::Dkim(DkimError::RevokedPublicKey))
+        ));
+    }
+
+    #[test]
+    fn the_key_cache_is_bounded() {
+        let key = testkit::dkim::generate(testkit::dkim::KeyKind::Rsa(2048));
+        let cache = KeyCache::default();
+        for n in 0..KEY_CACHE + 10 {
+            // Distinct records, one key.
+            cache.read(&format!("{}; n={n}", key.dns_txt)).unwrap();
+        }
+        assert!(cache.0.lock().unwrap().len() <= KEY_CACHE);
     }
 
     #[test]
