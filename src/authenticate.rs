@@ -278,6 +278,15 @@ impl Authenticator {
                     AuthResult::PermError,
                     "the From header is not signed (h=), so the signature is ignored (RFC 6376 §6.1.1)",
                 ))
+            } else if !is_key_name(&key_name(&h.header)) {
+                // A name no lookup can ever answer (`d=police.gi.`, an
+                // empty label): the signature is malformed, not the DNS
+                // unlucky, and it must block the SPF path as any broken
+                // aligned signature does rather than defer the message.
+                Some((
+                    AuthResult::PermError,
+                    "d= and s= do not make a valid key name (RFC 6376 §3.5, §6.1.1)",
+                ))
             } else {
                 None
             };
@@ -519,24 +528,27 @@ impl Authenticator {
 
     /// The first `Received` line that the policy accepts as evidence: added
     /// by a trusted MX, over SMTP, from a client outside the internal
-    /// networks; or the first line of a trusted MX that cannot be read
-    /// strictly (see `received`), which then gives no evidence. Lines below
-    /// it were written by the sender's side and are not looked at.
+    /// networks; or the first other line of a trusted MX that is not an
+    /// LMTP hand-off or an internal relay's, which then gives no evidence
+    /// (a line that cannot be read strictly, see `received`, or one that
+    /// records no SMTP transfer). Lines below it were written by the
+    /// sender's side and are not looked at.
     pub fn trusted_hop<'a>(&self, hops: &'a [Hop]) -> Option<&'a Hop> {
         hops.iter().find(|h| {
             h.is_by(&self.inner.trusted_mx)
                 // The hand-off to the mailbox server is passed over: it was
                 // written above the MX's own line, by the host itself.
                 && !h.is_lmtp()
-                // Any other line of the trusted MX that cannot be read is
-                // where the search stops: passing over it would hand the
-                // choice to the lines below, which the sender may have
-                // written.
-                && (h.problem.is_some()
-                    || (h.is_smtp()
-                        && !h.ip.is_some_and(|ip| {
-                            self.inner.internal_networks.iter().any(|n| n.contains(&ip))
-                        })))
+                // So is a relay's line from an internal network.
+                && !(h.problem.is_none()
+                    && h.is_smtp()
+                    && h.ip.is_some_and(|ip| {
+                        self.inner.internal_networks.iter().any(|n| n.contains(&ip))
+                    }))
+            // Any other line of the trusted MX is where the search stops,
+            // whatever its protocol word: passing over a line the policy
+            // does not know would hand the choice to the lines below, which
+            // the sender may have written.
         })
     }
 
@@ -554,6 +566,13 @@ impl Authenticator {
         if let Some(problem) = &hop.problem {
             check.reason = Some(format!(
                 "the trusted Received line cannot be read as evidence: {problem}"
+            ));
+            return check;
+        }
+        if !hop.is_smtp() {
+            check.reason = Some(format!(
+                "the trusted Received line records no SMTP transfer (with {}): no evidence",
+                hop.with.as_deref().unwrap_or("nothing")
             ));
             return check;
         }
@@ -677,6 +696,10 @@ impl Authenticator {
     /// list when the name has none (NXDOMAIN, NODATA); an error saying
     /// why when the resolver could not find out.
     pub async fn txt(&self, name: &str, deadline: Instant) -> Result<Vec<String>, String> {
+        // Relaxed: an underscore inside a label (a selector such as
+        // `sel_1`) is a name DNS serves, though not a host name.
+        let name = hickory_resolver::proto::rr::Name::from_str_relaxed(name)
+            .map_err(|e| crate::text::clean(&e.to_string(), 200))?;
         let lookup = self.inner.resolver.resolver().txt_lookup(name);
         let lookup = match tokio::time::timeout_at(deadline.into(), lookup).await {
             Err(_) => return Err("no answer in time".to_string()),
@@ -928,6 +951,25 @@ fn looks_like_key(record: &str) -> bool {
 /// The name of a signature's key record, as mail-auth asks for it.
 fn key_name(sig: &Signature) -> String {
     format!("{}._domainkey.{}.", sig.s, sig.d)
+}
+
+/// Whether `name` (absolute, as [`key_name`] writes it) is a DNS name a
+/// lookup can ask for: labels of 1 to 63 bytes of letters, digits, `-` and
+/// `_` (selectors use it), 253 bytes at most; non-ASCII labels as hickory
+/// reads them (IDNA).
+fn is_key_name(name: &str) -> bool {
+    let Some(name) = name.strip_suffix('.') else {
+        return false;
+    };
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || !b.is_ascii())
+        })
+        && hickory_resolver::proto::rr::Name::from_str_relaxed(name).is_ok()
 }
 
 /// A check of `sig` with no key involved.
@@ -1219,6 +1261,25 @@ mod tests {
             cache.read(&format!("{}; n={n}", key.dns_txt)).unwrap();
         }
         assert!(cache.0.lock().unwrap().len() <= KEY_CACHE);
+    }
+
+    #[test]
+    fn key_names_are_checked_before_any_lookup() {
+        assert!(is_key_name("s2026._domainkey.police.gi."));
+        assert!(is_key_name("sel_1._domainkey.cid.police.gi."));
+        assert!(is_key_name("s1._domainkey.xn--plice-jua.gi."));
+        for bad in [
+            "s1._domainkey.police.gi..",
+            "s1.._domainkey.police.gi.",
+            "._domainkey.police.gi.",
+            "s1._domainkey.police gi.",
+            "s1._domainkey.police.gi;x.",
+            "s1._domainkey.police.gi",
+        ] {
+            assert!(!is_key_name(bad), "{bad}");
+        }
+        let long = format!("s1._domainkey.{}.gi.", "a".repeat(64));
+        assert!(!is_key_name(&long));
     }
 
     #[test]

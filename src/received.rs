@@ -54,13 +54,17 @@ pub struct Hop {
 }
 
 impl Hop {
-    /// SMTP-family transfer (RFC 3848 and RFC 6531 keywords), as opposed
-    /// to LMTP or local delivery, which only move mail within the host.
+    /// SMTP-family transfer, as opposed to LMTP or local delivery, which
+    /// only move mail within the host: the RFC 3848 and RFC 6531 keywords
+    /// (Postfix writes these), and Exim's own words for the same: `smtps`
+    /// (STARTTLS, then HELO) and `utf8esmtp…` (a client that asked for
+    /// SMTPUTF8).
     pub fn is_smtp(&self) -> bool {
         matches!(
             self.with.as_deref(),
             Some(
                 "SMTP"
+                    | "SMTPS"
                     | "ESMTP"
                     | "ESMTPA"
                     | "ESMTPS"
@@ -69,6 +73,10 @@ impl Hop {
                     | "UTF8SMTPA"
                     | "UTF8SMTPS"
                     | "UTF8SMTPSA"
+                    | "UTF8ESMTP"
+                    | "UTF8ESMTPA"
+                    | "UTF8ESMTPS"
+                    | "UTF8ESMTPSA"
             )
         )
     }
