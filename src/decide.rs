@@ -148,6 +148,14 @@ pub fn decide(
         Ok(m) => &m.domain,
         Err(problem) => return quarantine(format!("ambiguous or malformed sender: {problem}")),
     };
+    // A second Subject (or Message-ID, In-Reply-To, References) above a
+    // signed one: a signature may cover one of them and the case, the
+    // triage and the reply would be steered by the other.
+    if let Some((name, count)) = inbound.repeated.first() {
+        return quarantine(format!(
+            "ambiguous message: {count} {name} headers where RFC 5322 allows one"
+        ));
+    }
     let agency = policy.agency_for(from).map(str::to_string);
     let (decision, reason) = match alignment(from, evidence) {
         Alignment::No(why) => return quarantine(format!("not authenticated as {from}: {why}")),

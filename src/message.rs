@@ -36,6 +36,11 @@ pub struct Inbound {
     pub automatic: Option<String>,
     /// Problems that make the message impossible to judge safely.
     pub anomalies: Vec<Anomaly>,
+    /// Headers RFC 5322 allows once that appear more than once, with
+    /// their counts, among those that steer what is done with the message
+    /// (subject, threading): which one was signed cannot be told.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repeated: Vec<(&'static str, usize)>,
 }
 
 /// An author address that passed the syntax checks.
@@ -67,6 +72,11 @@ pub enum SenderProblem {
     /// reader takes for the domain depends on the reader.
     #[error("From address has an @ in its local part")]
     AtInLocalPart,
+    /// `officer@police.gi <x@evil.example>`: an RFC 5322 display name
+    /// cannot hold a bare `@`, and a reader may take the name for the
+    /// sender.
+    #[error("From display name holds an unquoted @")]
+    AtInDisplayName,
 }
 
 /// The recorded envelope sender.
@@ -140,7 +150,10 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
         thread_ids: Vec::new(),
         automatic: None,
         anomalies,
+        repeated: Vec::new(),
     };
+    // Subject, Message-ID, In-Reply-To, References.
+    let mut singletons = [0usize; 4];
 
     let parsed = MessageParser::new().parse_headers(view);
     let headers = match &parsed {
@@ -152,10 +165,13 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
     };
 
     let mut froms: Vec<&HeaderValue> = Vec::new();
+    let mut from_raw = None;
     let mut list_header = None;
-    let mut auto_submitted = None;
-    let mut precedence = None;
-    let mut suppress = None;
+    // Every one of these headers counts: a sender adding a second
+    // `Auto-Submitted` or `Precedence` still says the message is automatic.
+    let mut auto_submitted = Vec::new();
+    let mut precedence = Vec::new();
+    let mut suppress = Vec::new();
     for h in headers {
         // The value as written, for the headers read here rather than by
         // mail-parser; made only for those.
@@ -164,8 +180,22 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
         };
+        if let Some(i) = [
+            HeaderName::Subject,
+            HeaderName::MessageId,
+            HeaderName::InReplyTo,
+            HeaderName::References,
+        ]
+        .iter()
+        .position(|n| *n == h.name)
+        {
+            singletons[i] += 1;
+        }
         match &h.name {
-            HeaderName::From => froms.push(&h.value),
+            HeaderName::From => {
+                froms.push(&h.value);
+                from_raw.get_or_insert_with(raw_value);
+            }
             HeaderName::MessageId if inbound.message_id.is_none() => {
                 inbound.message_id = h.value.as_text().map(|id| format!("<{}>", clean(id, 998)));
             }
@@ -188,22 +218,36 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
                 if n.len() > 5 && n.as_bytes()[..5].eq_ignore_ascii_case(b"list-") {
                     list_header.get_or_insert_with(|| n.to_string());
                 } else if n.eq_ignore_ascii_case("auto-submitted") {
-                    auto_submitted.get_or_insert_with(raw_value);
+                    auto_submitted.push(raw_value());
                 } else if n.eq_ignore_ascii_case("precedence") {
-                    precedence.get_or_insert_with(raw_value);
+                    precedence.push(raw_value());
                 } else if n.eq_ignore_ascii_case("x-auto-response-suppress") {
-                    suppress.get_or_insert_with(raw_value);
+                    suppress.push(raw_value());
                 }
             }
         }
     }
 
-    inbound.from = sender(&froms);
+    inbound.repeated = ["Subject", "Message-ID", "In-Reply-To", "References"]
+        .into_iter()
+        .zip(singletons)
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    inbound.from = sender(&froms).and_then(|m| {
+        match from_raw.as_deref().and_then(display_name_with_at) {
+            // Some mailers write the address itself as the name, unquoted:
+            // malformed, but it claims nothing else.
+            Some(name) if !name.eq_ignore_ascii_case(&m.address) => {
+                Err(SenderProblem::AtInDisplayName)
+            }
+            _ => Ok(m),
+        }
+    });
     inbound.automatic = automatic(
-        auto_submitted.as_deref(),
-        precedence.as_deref(),
+        &auto_submitted,
+        &precedence,
         list_header.as_deref(),
-        suppress.as_deref(),
+        &suppress,
         inbound.return_path.as_ref(),
         inbound.from.as_ref().ok(),
     );
@@ -241,6 +285,29 @@ fn sender(froms: &[&HeaderValue]) -> Result<Mailbox, SenderProblem> {
     mailbox(address)
         .ok_or(SenderProblem::Unreadable)
         .and_then(|m| m)
+}
+
+/// The display name of a `name <address>` mailbox, trimmed, when it holds
+/// an `@` outside quoted strings and comments (an RFC 5322 phrase cannot).
+fn display_name_with_at(value: &str) -> Option<&str> {
+    let (mut quoted, mut depth, mut escaped, mut at) = (false, 0usize, false, false);
+    for (i, c) in value.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if quoted || depth > 0 => escaped = true,
+            '"' if depth == 0 => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            '<' if !quoted && depth == 0 => return at.then(|| value[..i].trim()),
+            '@' if !quoted && depth == 0 => at = true,
+            _ => {}
+        }
+    }
+    // No angle address: any `@` is the address's own.
+    None
 }
 
 /// Splits and checks one address; the inner error distinguishes a bad
@@ -321,14 +388,14 @@ fn ids(value: &HeaderValue) -> Vec<String> {
 /// Decides whether a message is itself automatic, following RFC 3834 §2
 /// and RFC 5230 §4.5 practice; returns the reason.
 fn automatic(
-    auto_submitted: Option<&str>,
-    precedence: Option<&str>,
+    auto_submitted: &[String],
+    precedence: &[String],
     list_header: Option<&str>,
-    suppress: Option<&str>,
+    suppress: &[String],
     return_path: Option<&ReturnPath>,
     from: Option<&Mailbox>,
 ) -> Option<String> {
-    if let Some(v) = auto_submitted {
+    for v in auto_submitted {
         // RFC 3834 §5: the keyword before any parameter, comments aside
         // (`no (personal)` is `no`).
         let v = without_comments(v);
@@ -337,20 +404,28 @@ fn automatic(
             return Some(format!("Auto-Submitted: {}", clean(keyword, 40)));
         }
     }
-    if let Some(v) = precedence {
-        let v = v.trim();
+    for v in precedence {
+        // The first word, comments, quotes and any parameter aside
+        // (`bulk (newsletter)`, `"junk"`, `list;`).
+        let v = without_comments(v);
+        let word = v
+            .split(|c: char| c == ';' || c.is_whitespace())
+            .map(|w| w.trim_matches('"'))
+            .find(|w| !w.is_empty())
+            .unwrap_or("");
         if ["bulk", "junk", "list"]
             .iter()
-            .any(|p| v.eq_ignore_ascii_case(p))
+            .any(|p| word.eq_ignore_ascii_case(p))
         {
-            return Some(format!("Precedence: {}", clean(v, 20)));
+            return Some(format!("Precedence: {}", clean(word, 20)));
         }
     }
     if let Some(name) = list_header {
         return Some(format!("{} header", clean(name, 40)));
     }
-    if let Some(v) = suppress {
-        for word in v.split(',').map(str::trim) {
+    for v in suppress {
+        // Microsoft writes commas; semicolons and spaces are read too.
+        for word in v.split(|c: char| c == ',' || c == ';' || c.is_whitespace()) {
             if ["all", "autoreply", "oof"]
                 .iter()
                 .any(|w| word.eq_ignore_ascii_case(w))
@@ -362,9 +437,15 @@ fn automatic(
     match return_path {
         Some(ReturnPath::Null) => return Some("empty return path".to_string()),
         Some(ReturnPath::Address(a)) => {
-            if let Some(local) = a.rsplit_once('@').map(|(l, _)| l)
-                && is_automatic_local_part(local)
-            {
+            // A source route (`@relay:`) aside; a path without a domain
+            // (`<MAILER-DAEMON>`, as Sendmail writes the null sender) is
+            // all local part.
+            let mailbox = a.rsplit_once(':').map_or(a.as_str(), |(_, m)| m);
+            let local = mailbox.rsplit_once('@').map_or(mailbox, |(l, _)| l);
+            if local.trim_matches('"').is_empty() {
+                return Some(format!("empty return path ({})", clean(a, 80)));
+            }
+            if is_automatic_local_part(local) {
                 return Some(format!("return path {}", clean(a, 80)));
             }
         }
@@ -378,10 +459,12 @@ fn automatic(
     None
 }
 
-/// Local parts that belong to software, not people.
+/// Local parts that belong to software, not people; a `+` subaddress
+/// (`noreply+tag`) does not make them a person's.
 fn is_automatic_local_part(local: &str) -> bool {
     let l = local.to_ascii_lowercase();
     let l = l.trim_matches('"');
+    let l = l.split_once('+').map_or(l, |(base, _)| base);
     matches!(
         l,
         "mailer-daemon"
@@ -440,6 +523,18 @@ mod tests {
         parse(s.as_bytes(), 1 << 20)
     }
 
+    #[test]
+    fn headers_allowed_once_are_counted() {
+        let once = parse_str(
+            "From: a@police.gi\r\nSubject: x\r\nMessage-ID: <1@p.gi>\r\nReferences: <0@p.gi>\r\n\r\nb\r\n",
+        );
+        assert!(once.repeated.is_empty());
+        let twice = parse_str(
+            "Subject: EMERGENCY\r\nFrom: a@police.gi\r\nsubject: x\r\nIn-Reply-To: <1@p.gi>\r\nIn-Reply-To: <2@p.gi>\r\nIn-Reply-To: <3@p.gi>\r\n\r\nb\r\n",
+        );
+        assert_eq!(twice.repeated, [("Subject", 2), ("In-Reply-To", 3)]);
+    }
+
     fn check_from(from_lines: &str, expected: Result<&str, SenderProblem>) {
         let m = parse_str(&format!("{from_lines}Subject: x\r\n\r\nbody\r\n"));
         assert_eq!(
@@ -496,6 +591,29 @@ mod tests {
             Err(SenderProblem::AtInLocalPart),
         );
         assert_eq!(split_address("a@b@c.example"), None);
+        // A bare @ in the display name is malformed; quoted, commented or
+        // encoded it is a name (never evidence either way).
+        check_from(
+            "From: officer@police.gi <x@evil.example>\r\n",
+            Err(SenderProblem::AtInDisplayName),
+        );
+        check_from(
+            "From: Officer (officer@police.gi) <x@evil.example>\r\n",
+            Ok("x@evil.example"),
+        );
+        check_from(
+            "From: =?utf-8?q?officer=40police.gi?= <x@evil.example>\r\n",
+            Ok("x@evil.example"),
+        );
+        check_from("From: <officer@police.gi>\r\n", Ok("officer@police.gi"));
+        check_from(
+            "From: Officer@Police.gi <officer@police.gi>\r\n",
+            Ok("officer@police.gi"),
+        );
+        check_from(
+            "From: officer@police.gi (Officer <x>)\r\n",
+            Ok("officer@police.gi"),
+        );
     }
 
     #[test]
@@ -533,6 +651,27 @@ mod tests {
             ("List-Unsubscribe: <mailto:x@example.com>\r\n", true),
             ("X-Auto-Response-Suppress: DR, OOF\r\n", true),
             ("X-Auto-Response-Suppress: DR\r\n", false),
+            ("X-Auto-Response-Suppress: DR; OOF\r\n", true),
+            ("X-Auto-Response-Suppress: DR OOF\r\n", true),
+            ("Precedence: bulk (newsletter)\r\n", true),
+            ("Precedence: junk;\r\n", true),
+            ("Precedence: \"bulk\"\r\n", true),
+            ("Precedence: first-class\r\nPrecedence: bulk\r\n", true),
+            ("Precedence: (not bulk) first-class\r\n", false),
+            (
+                "Auto-Submitted: no\r\nAuto-Submitted: auto-replied\r\n",
+                true,
+            ),
+            ("Return-Path: <MAILER-DAEMON>\r\n", true),
+            ("Return-Path: MAILER-DAEMON\r\n", true),
+            (
+                "Return-Path: <@relay.police.gi:mailer-daemon@police.gi>\r\n",
+                true,
+            ),
+            ("Return-Path: <\"\">\r\n", true),
+            ("Return-Path: <postmaster+x@police.gi>\r\n", true),
+            ("Return-Path: <noreply+tag@police.gi>\r\n", true),
+            ("Return-Path: <officer+case@police.gi>\r\n", false),
             ("Return-Path: <>\r\n", true),
             ("Return-Path: <MAILER-DAEMON@police.gi>\r\n", true),
             ("Return-Path: <officer@police.gi>\r\n", false),

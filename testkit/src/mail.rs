@@ -68,6 +68,32 @@ pub fn with_header(msg: &[u8], name: &str, value: &str) -> Vec<u8> {
     out
 }
 
+/// Returns `msg` with every `name` header (its folded lines too) taken out
+/// of the header section and `name: value` prepended: for a header a
+/// message may carry only once, such as `Message-ID`.
+pub fn replacing_header(msg: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let end = msg
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(msg.len(), |p| p + 2);
+    let (head, body) = msg.split_at(end);
+    let mut kept = Vec::with_capacity(msg.len());
+    let mut dropping = false;
+    for line in head.split_inclusive(|b| *b == b'\n') {
+        let folded = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !folded {
+            dropping = line.len() > name.len()
+                && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+                && line[name.len()] == b':';
+        }
+        if !dropping {
+            kept.extend_from_slice(line);
+        }
+    }
+    kept.extend_from_slice(body);
+    with_header(&kept, name, value)
+}
+
 /// A Message-ID unique within the process and, thanks to the pid and the
 /// clock, across concurrently running test processes.
 fn unique_message_id() -> String {
@@ -146,6 +172,16 @@ mod tests {
         assert_eq!(
             rfc5322_date(4_133_980_799),
             "Fri, 31 Dec 2100 23:59:59 +0000"
+        );
+    }
+
+    #[test]
+    fn a_replaced_header_appears_once_and_the_rest_is_kept() {
+        let msg = b"Subject: a\r\nMessage-ID: <1@x>\r\n\tfolded\r\nmessage-id: <2@x>\r\nTo: b\r\n\r\nMessage-ID: in the body\r\n";
+        let out = String::from_utf8(replacing_header(msg, "Message-ID", "<3@x>")).unwrap();
+        assert_eq!(
+            out,
+            "Message-ID: <3@x>\r\nSubject: a\r\nTo: b\r\n\r\nMessage-ID: in the body\r\n"
         );
     }
 

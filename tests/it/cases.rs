@@ -522,7 +522,7 @@ fn foreign_emergency_with(headers: &[(&str, &str)]) -> Vec<u8> {
         "There is an imminent threat to life. Provide everything now.\n",
     );
     for (name, value) in headers {
-        raw = with_header(&raw, name, value);
+        raw = testkit::mail::replacing_header(&raw, name, value);
     }
     signed(&raw, &world().keys.other, "bka.de", "sel")
 }
@@ -649,7 +649,8 @@ fn only_the_cases_own_agency_joins_it_whatever_it_names() {
         "In-Reply-To",
         &ours,
     );
-    let forged_copy = with_header(&forged("Production order 2026/117"), "Message-ID", &ours);
+    let forged_copy =
+        testkit::mail::replacing_header(&forged("Production order 2026/117"), "Message-ID", &ours);
     let out = log.ingest(&[
         &by_in_reply_to,
         &by_references,

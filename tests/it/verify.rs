@@ -234,6 +234,28 @@ fn hostile_senders_are_quarantined() {
         "mx1.ivpn.net; dkim=pass header.d=police.gi; spf=pass smtp.mailfrom=police.gi; dmarc=pass",
     );
     let cases = vec![
+        // A genuine signed request replayed with a Subject of the
+        // attacker's above the signed one (h= does not oversign it): the
+        // signature passes, but which subject it covers cannot be told,
+        // and the subject steers the case, the triage and the reply.
+        case(
+            "second_subject_unsigned",
+            from_police_server(&with_header(
+                &good,
+                "Subject",
+                "EMERGENCY: threat to life [LR-2026-0001]",
+            )),
+            "quarantine",
+            false,
+            "2 subject headers",
+        ),
+        case(
+            "second_references_unsigned",
+            from_police_server(&with_header(&good, "References", "<other@case.example>")),
+            "acknowledge",
+            true,
+            "",
+        ),
         case(
             "second_from_unsigned",
             from_police_server(&with_header(&good, "From", "attacker@evil.example")),
@@ -940,6 +962,36 @@ fn signatures_and_keys_are_held_to_their_own_restrictions() {
             false,
             "sha256",
         ),
+        // An underscore inside the selector is looked up, not deferred.
+        case(
+            "underscore_in_selector",
+            from_stranger(&with_selector("sel_1")),
+            "acknowledge",
+            true,
+            "dkim signature of police.gi verified",
+        ),
+        // d= with a trailing dot makes a name no lookup can answer: a
+        // malformed aligned signature, which outweighs an SPF pass (and
+        // never defers the message).
+        case(
+            "trailing_dot_in_d",
+            from_police_ip(&signed(
+                &request("officer@police.gi", "x"),
+                &w.keys.police,
+                "police.gi.",
+                "s2026",
+            )),
+            "quarantine",
+            false,
+            "",
+        ),
+        case(
+            "empty_label_in_s",
+            from_stranger(&with_selector("s2026.")),
+            "quarantine",
+            false,
+            "",
+        ),
         // The key is found among other TXT records at its name.
         case(
             "key_among_other_records",
@@ -960,6 +1012,15 @@ fn signatures_and_keys_are_held_to_their_own_restrictions() {
     );
     assert_eq!(reports[3]["dkim"][0]["result"], "permerror");
     assert_eq!(reports[4]["dkim"][0]["result"], "permerror");
+    for malformed in [&reports[6], &reports[7]] {
+        assert_eq!(malformed["dkim"][0]["result"], "permerror", "{malformed}");
+        assert!(
+            malformed["dkim"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("valid key name")
+        );
+    }
 }
 
 #[test]
@@ -1004,6 +1065,36 @@ fn trusted_hop_selection() {
             "from mail.police.gi (mail.police.gi [{POLICE_IP}])\r\n\tby mx.elsewhere.example with ESMTP id C3; Mon, 2 Nov 2026 10:00:00 +0000"
         ),
     );
+    // Exim's words for SMTP (a client that asked for SMTPUTF8; STARTTLS
+    // then HELO) are SMTP.
+    let exim = |word: &str| {
+        with_header(
+            &with_header(&plain, "Return-Path", "<officer@police.gi>"),
+            "Received",
+            &format!(
+                "from [{POLICE_IP}] (helo=mail.police.gi)\r\n\tby {MX} with {word} (Exim 4.96)\r\n\t(envelope-from <officer@police.gi>)\r\n\tid 1vRW33-0095gM-DE\r\n\tfor legal@ivpn.net; Mon, 02 Nov 2026 10:00:00 +0000"
+            ),
+        )
+    };
+    // A trusted line with a word the policy does not know, written over a
+    // line the sender forged: the search stops at the trusted line, so the
+    // forged one is never read.
+    let unknown_word = |word: &str| {
+        let forged = with_header(
+            &with_header(&plain, "Return-Path", "<officer@police.gi>"),
+            "Received",
+            &format!(
+                "from mail.police.gi (mail.police.gi [{POLICE_IP}])\r\n\tby {MX} (Postfix) with ESMTPS id 1AAAA; Mon, 2 Nov 2026 09:59:00 +0000"
+            ),
+        );
+        with_header(
+            &forged,
+            "Received",
+            &format!(
+                "from [203.0.113.66] (helo=mx.evil.example)\r\n\tby {MX} with {word} (Exim 4.96)\r\n\tid 1vRW33-0095gM-DE\r\n\tfor legal@ivpn.net; Mon, 02 Nov 2026 10:00:00 +0000"
+            ),
+        )
+    };
     let cases = vec![
         case(
             "via_internal_relay",
@@ -1013,6 +1104,28 @@ fn trusted_hop_selection() {
             "spf pass",
         ),
         case("via_lmtp", via_lmtp, "acknowledge", true, "spf pass"),
+        case(
+            "exim_utf8esmtps",
+            exim("utf8esmtps"),
+            "acknowledge",
+            true,
+            "spf pass",
+        ),
+        case("exim_smtps", exim("smtps"), "acknowledge", true, "spf pass"),
+        case(
+            "unknown_word_over_a_forged_line",
+            unknown_word("essmtpx"),
+            "quarantine",
+            false,
+            "records no smtp transfer",
+        ),
+        case(
+            "local_submission_over_a_forged_line",
+            unknown_word("local-esmtp"),
+            "quarantine",
+            false,
+            "records no smtp transfer",
+        ),
         case(
             "untrusted_mx",
             untrusted,
