@@ -82,14 +82,28 @@ impl Serialize for Reference {
     }
 }
 
-/// References written as `[LR-YYYY-NNNN]` in a subject, in order.
+/// The case references a subject names: first those written as our
+/// replies write them, `[LR-YYYY-NNNN]`, then any other mention as a whole
+/// word (`Re: LR-2026-0042`, `(lr-2026-0042)`), each once, in order.
 pub fn references_in(subject: &str) -> Vec<Reference> {
-    subject
+    static BARE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"(?i)\bLR-[0-9]{4}-[0-9]{4,9}\b").expect("static pattern")
+    });
+    let bracketed = subject
         .split('[')
         .skip(1)
         .filter_map(|chunk| chunk.split_once(']'))
-        .filter_map(|(inside, _)| inside.trim().parse().ok())
-        .collect()
+        .filter_map(|(inside, _)| inside.trim().to_ascii_uppercase().parse().ok());
+    let bare = BARE
+        .find_iter(subject)
+        .filter_map(|m| m.as_str().to_ascii_uppercase().parse().ok());
+    let mut found: Vec<Reference> = Vec::new();
+    for r in bracketed.chain(bare) {
+        if !found.contains(&r) {
+            found.push(r);
+        }
+    }
+    found
 }
 
 /// Where a case stands.
@@ -594,7 +608,24 @@ mod tests {
                 }
             ]
         );
-        assert!(references_in("LR-2026-0007 without brackets").is_empty());
+        let r = |n| Reference {
+            year: 2026,
+            number: n,
+        };
+        assert_eq!(references_in("LR-2026-0007 without brackets"), [r(7)]);
+        assert_eq!(
+            references_in("Re: lr-2026-0008 (further to [LR-2026-0007]; LR-2026-0007)"),
+            [r(7), r(8)]
+        );
+        for not_one in [
+            "XLR-2026-0007",
+            "LR-2026-0007x",
+            "LR-2026-007",
+            "LR_2026-0007",
+            "LR-2026-0000",
+        ] {
+            assert!(references_in(not_one).is_empty(), "{not_one}");
+        }
     }
 
     #[test]

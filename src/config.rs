@@ -514,12 +514,15 @@ impl Validator<'_> {
         let dns = self.dns(raw.dns)?;
         let auth = self.auth(raw.auth)?;
         let notify = raw.notify.map(|n| self.notify(n)).transpose()?;
+        let database = raw
+            .store
+            .database
+            .unwrap_or_else(|| PathBuf::from("/var/lib/legal-intake/cases.sqlite"));
+        if database.as_os_str().is_empty() {
+            return Err(self.err("store.database", "is empty: name the case log file"));
+        }
         let store = Store {
-            database: self.resolve(
-                raw.store
-                    .database
-                    .unwrap_or_else(|| PathBuf::from("/var/lib/legal-intake/cases.sqlite")),
-            ),
+            database: self.resolve(database),
         };
         let limits = self.limits(raw.limits)?;
         let hard_copy_days = raw.reminders.hard_copy_days.unwrap_or(14);
@@ -946,6 +949,56 @@ pub(crate) fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+impl Config {
+    /// What the configuration names on disk, checked without connecting:
+    /// the case log must be a file, not a folder (an error); a secret file
+    /// that cannot be read, or a case log folder that does not exist, is a
+    /// warning, since `check-config` is often run by hand before the files
+    /// are in place (a systemd credential under `/run/credentials/` exists
+    /// only inside its service and is not looked at).
+    pub fn check_files(&self) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        let secrets = [
+            ("imap.password_file", self.imap.password_file.as_ref()),
+            (
+                "imap.access_token_file",
+                self.imap.access_token_file.as_ref(),
+            ),
+            (
+                "smtp.password_file",
+                self.smtp.as_ref().and_then(|s| s.password_file.as_ref()),
+            ),
+        ];
+        for (key, path) in secrets {
+            let Some(path) = path else { continue };
+            let credential = path.starts_with("/run/credentials");
+            if credential && !path.parent().is_some_and(Path::exists) {
+                continue;
+            }
+            if let Err(reason) = read_secret(path, key) {
+                warnings.push(format!("{reason}: the daemon cannot log in without it"));
+            }
+        }
+        let db = &self.store.database;
+        if db.is_dir() {
+            return Err(ConfigError {
+                file: self.path.clone(),
+                key: "store.database".into(),
+                reason: format!("{} is a folder: name the case log file", db.display()),
+            });
+        }
+        if let Some(folder) = db.parent().filter(|p| !p.as_os_str().is_empty())
+            && !folder.is_dir()
+        {
+            warnings.push(format!(
+                "store.database: the folder {} does not exist (yet): the case log cannot be created",
+                folder.display()
+            ));
+        }
+        Ok(warnings)
+    }
+}
+
 /// Reads a secret file named by configuration key `key` (a systemd
 /// credential): its text without one trailing line break (`echo secret >
 /// file` and systemd-creds add one; anything else, spaces included, is
@@ -1155,6 +1208,44 @@ mod tests {
             "metrics.path",
             "unknown field",
         );
+    }
+
+    #[test]
+    fn files_named_by_the_configuration_are_checked_without_connecting() {
+        check(
+            &format!("{MINIMAL}[store]\ndatabase = \"\"\n"),
+            "store.database",
+            "is empty",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        let parse = |extra: &str| {
+            Config::parse(
+                &config,
+                &format!("[imap]\nhost = \"127.0.0.1\"\ntls = \"none\"\n{extra}"),
+            )
+            .unwrap()
+        };
+        // A folder for the case log is an error.
+        let err = parse("[store]\ndatabase = \".\"\n")
+            .check_files()
+            .unwrap_err();
+        assert_eq!(err.key, "store.database");
+        // A secret that cannot be read, a case log folder that is not there
+        // yet: warnings naming the key; a credential of the service is not
+        // looked at from outside it.
+        let warnings =
+            parse("password_file = \"missing\"\n[store]\ndatabase = \"nowhere/cases.sqlite\"\n")
+                .check_files()
+                .unwrap();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("imap.password_file"), "{warnings:?}");
+        assert!(warnings[1].contains("store.database"), "{warnings:?}");
+        std::fs::write(dir.path().join("secret"), "s\n").unwrap();
+        let clean = parse(
+            "password_file = \"secret\"\n[smtp]\nhost = \"127.0.0.1\"\ntls = \"none\"\nfrom = \"legal@ivpn.net\"\nusername = \"u\"\npassword_file = \"/run/credentials/legal-intake.service/smtp\"\n[store]\ndatabase = \"cases.sqlite\"\n",
+        );
+        assert_eq!(clean.check_files().unwrap(), Vec::<String>::new());
     }
 
     #[test]

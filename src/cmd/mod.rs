@@ -104,6 +104,9 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
         Command::CheckConfig { connect } => {
             let config = load(&cli.config)?;
             check_replies(&config)?;
+            for warning in config.check_files().map_err(Failure::Config)? {
+                eprintln!("legal-intake: warning: {warning}");
+            }
             println!("{}", config.summary());
             if !connect {
                 return Ok(Exit::Success);

@@ -451,6 +451,8 @@ fn messages_join_cases_by_each_threading_rule() {
     );
     // The reference in the subject, same agency.
     let by_subject = police_request("Re: [LR-2026-0001] hard copy served today");
+    // Named without brackets, as a person writes it.
+    let by_bare_subject = police_request("Further to LR-2026-0001: the list of accounts");
     // The reference in the subject from another agency: a new case.
     let other_agency = government("Re: [LR-2026-0001] our own matter");
     // The reference in the subject of a forgery: a new (quarantined) case.
@@ -464,6 +466,7 @@ fn messages_join_cases_by_each_threading_rule() {
         &by_in_reply_to,
         &by_our_reply,
         &by_subject,
+        &by_bare_subject,
         &other_agency,
         &forgery,
         &unknown,
@@ -479,15 +482,16 @@ fn messages_join_cases_by_each_threading_rule() {
             ("LR-2026-0001", false),
             ("LR-2026-0001", false),
             ("LR-2026-0001", false),
+            ("LR-2026-0001", false),
             ("LR-2026-0002", true),
             ("LR-2026-0003", true),
             ("LR-2026-0004", true),
             ("LR-2026-0001", false),
         ]
     );
-    assert_eq!(out[6]["new"], true, "other bytes are another filing");
+    assert_eq!(out[7]["new"], true, "other bytes are another filing");
     let shown = log.show("LR-2026-0001");
-    assert_eq!(shown["messages"].as_array().unwrap().len(), 5);
+    assert_eq!(shown["messages"].as_array().unwrap().len(), 6);
     let joined: Vec<&str> = shown["events"]
         .as_array()
         .unwrap()
@@ -501,6 +505,7 @@ fn messages_join_cases_by_each_threading_rule() {
             "opened",
             "references",
             "references",
+            "subject",
             "subject",
             "message_id"
         ]
