@@ -419,13 +419,7 @@ impl Authenticator {
         let mut invalid = None;
         for record in records {
             match self.inner.keys.read(&record) {
-                Ok(key) => {
-                    return KeyLookup::Found(Box::new(Key {
-                        flags: KeyFlags::read(&record),
-                        key,
-                        record,
-                    }));
-                }
+                Ok(key) => return KeyLookup::Found(key),
                 Err(AuthError::Dkim(DkimError::RevokedPublicKey)) => {
                     revoked.get_or_insert(record);
                 }
@@ -737,7 +731,7 @@ struct Pending<'x> {
 
 /// What the key lookup of one name gave.
 enum KeyLookup {
-    Found(Box<Key>),
+    Found(Arc<Key>),
     Refused {
         result: AuthResult,
         reason: String,
@@ -745,7 +739,7 @@ enum KeyLookup {
     },
 }
 
-/// A key record that parses as a DKIM key, as fetched.
+/// A key record that parses as a DKIM key, as fetched, and what it says.
 struct Key {
     record: String,
     key: Arc<DomainKey>,
@@ -759,15 +753,15 @@ struct Key {
 /// message's DKIM work (scripts/bench-verify). Bounded: emptied when full,
 /// so a sender publishing many keys costs only the parsing it always did.
 #[derive(Default)]
-struct KeyCache(Mutex<HashMap<String, Arc<DomainKey>>>);
+struct KeyCache(Mutex<HashMap<String, Arc<Key>>>);
 
 /// Key records kept by [`KeyCache`].
 const KEY_CACHE: usize = 256;
 
 impl KeyCache {
     /// The record read as mail-auth reads it, with an RSA key parsed once
-    /// (see [`ParsedRsa`]).
-    fn read(&self, record: &str) -> Result<Arc<DomainKey>, AuthError> {
+    /// (see [`ParsedRsa`]), and its restrictions.
+    fn read(&self, record: &str) -> Result<Arc<Key>, AuthError> {
         let lock = || {
             self.0
                 .lock()
@@ -785,7 +779,11 @@ impl KeyCache {
         {
             key.p = Box::new(parsed);
         }
-        let key = Arc::new(key);
+        let key = Arc::new(Key {
+            record: record.to_string(),
+            key: Arc::new(key),
+            flags: KeyFlags::read(record),
+        });
         let mut keys = lock();
         if keys.len() >= KEY_CACHE {
             keys.clear();
@@ -811,11 +809,8 @@ impl ParsedRsa {
     /// own key in place, which then fails or passes as it always did.
     fn read(record: &str, bits: usize) -> Option<ParsedRsa> {
         let mut p = None;
-        for tag in record.split(';') {
-            let Some((name, value)) = tag.split_once('=') else {
-                continue;
-            };
-            match name.trim() {
+        for (name, value) in key_tags(record) {
+            match name {
                 "k" if !value.trim().eq_ignore_ascii_case("rsa") => return None,
                 "p" => p = Some(value),
                 _ => {}
@@ -920,18 +915,14 @@ impl KeyFlags {
             for_email: true,
             allows_sha256: true,
         };
-        for tag in record.split(';') {
-            let Some((name, value)) = tag.split_once('=') else {
-                continue;
-            };
+        for (name, value) in key_tags(record) {
             let mut items = value.split(':').map(|i| {
                 i.chars()
                     .filter(|c| !c.is_whitespace())
                     .collect::<String>()
                     .to_ascii_lowercase()
             });
-            // Tag names are case-sensitive (RFC 6376 §3.2).
-            match name.trim() {
+            match name {
                 "t" => flags.testing = items.any(|i| i == "y"),
                 "s" => flags.for_email = items.any(|i| i == "email" || i == "*"),
                 "h" => flags.allows_sha256 = items.any(|i| i == "sha256"),
@@ -940,6 +931,15 @@ impl KeyFlags {
         }
         flags
     }
+}
+
+/// A key record's tags (RFC 6376 §3.6.1): the name trimmed, the value as
+/// written. Tag names are case-sensitive (§3.2).
+fn key_tags(record: &str) -> impl Iterator<Item = (&str, &str)> {
+    record
+        .split(';')
+        .filter_map(|tag| tag.split_once('='))
+        .map(|(name, value)| (name.trim(), value))
 }
 
 /// A TXT record that claims to be a DKIM key, valid or not.
@@ -1241,10 +1241,10 @@ mod tests {
         let ed = testkit::dkim::generate(testkit::dkim::KeyKind::Ed25519);
         let cache = KeyCache::default();
         let a = cache.read(&ed.dns_txt).unwrap();
-        assert_eq!(a.p.public_key_bits(), usize::MAX);
+        assert_eq!(a.key.p.public_key_bits(), usize::MAX);
         assert!(Arc::ptr_eq(&a, &cache.read(&ed.dns_txt).unwrap()));
         let b = cache.read(&rsa.dns_txt).unwrap();
-        assert_eq!(b.p.public_key_bits(), 2048);
+        assert_eq!(b.key.p.public_key_bits(), 2048);
         assert!(!Arc::ptr_eq(&a, &b));
         assert!(matches!(
             cache.read("v=DKIM1; p="),

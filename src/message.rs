@@ -116,6 +116,16 @@ impl Inbound {
 /// any real header section.
 const OVERSIZED_HEADER_WINDOW: usize = 1 << 20;
 
+/// Headers RFC 5322 allows once that steer what is done with a message
+/// (its case, its triage, the reply): a second one is counted in
+/// [`Inbound::repeated`].
+const SINGLETONS: [(HeaderName<'static>, &str); 4] = [
+    (HeaderName::Subject, "Subject"),
+    (HeaderName::MessageId, "Message-ID"),
+    (HeaderName::InReplyTo, "In-Reply-To"),
+    (HeaderName::References, "References"),
+];
+
 /// Reads a raw message. Never panics and never fails.
 pub fn parse(raw: &[u8], max_message_bytes: usize) -> Inbound {
     parse_hashed(raw, hex::encode(Sha256::digest(raw)), max_message_bytes)
@@ -152,8 +162,7 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
         anomalies,
         repeated: Vec::new(),
     };
-    // Subject, Message-ID, In-Reply-To, References.
-    let mut singletons = [0usize; 4];
+    let mut singletons = SINGLETONS.map(|_| 0usize);
 
     let parsed = MessageParser::new().parse_headers(view);
     let headers = match &parsed {
@@ -180,15 +189,7 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
         };
-        if let Some(i) = [
-            HeaderName::Subject,
-            HeaderName::MessageId,
-            HeaderName::InReplyTo,
-            HeaderName::References,
-        ]
-        .iter()
-        .position(|n| *n == h.name)
-        {
+        if let Some(i) = SINGLETONS.iter().position(|(n, _)| *n == h.name) {
             singletons[i] += 1;
         }
         match &h.name {
@@ -228,10 +229,11 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
         }
     }
 
-    inbound.repeated = ["Subject", "Message-ID", "In-Reply-To", "References"]
-        .into_iter()
+    inbound.repeated = SINGLETONS
+        .iter()
         .zip(singletons)
         .filter(|(_, n)| *n > 1)
+        .map(|((_, name), n)| (*name, n))
         .collect();
     inbound.from = sender(&froms).and_then(|m| {
         match from_raw.as_deref().and_then(display_name_with_at) {
