@@ -49,7 +49,6 @@ use mail_auth::common::headers::Header;
 use mail_auth::common::parse::TxtRecordParser;
 use mail_auth::common::verify::DomainKey;
 use mail_auth::dkim::{DkimError, Signature};
-use mail_auth::hickory_resolver;
 use mail_auth::{
     AuthenticatedMessage, DkimResult, DnsError, Error as AuthError, MessageAuthenticator,
     Parameters, ResolverCache, Txt,
@@ -57,7 +56,8 @@ use mail_auth::{
 
 use crate::config::Config;
 use crate::domain::{DomainName, normalize_domain};
-use crate::evidence::{self, AuthResult, DkimCheck, DmarcCheck, Evidence, SpfCheck};
+use crate::evidence::{self, AuthResult, DkimCheck, Evidence, SpfCheck};
+use crate::hickory_resolver;
 use crate::message::{Hop, Inbound, ReturnPath};
 use crate::spf::{self, SpfResult};
 
@@ -172,15 +172,7 @@ impl Authenticator {
             self.spf(&inbound.received, inbound.return_path.as_ref(), deadline),
             dmarc
         );
-        let mut evidence = Evidence {
-            dkim,
-            spf,
-            dmarc: DmarcCheck {
-                result: AuthResult::None,
-                policy: None,
-                record: None,
-            },
-        };
+        let mut evidence = Evidence::new(dkim, spf);
         if let Some(from) = from {
             evidence.dmarc.result = evidence::alignment(from, &evidence).dmarc_result();
             evidence.dmarc.record = record;

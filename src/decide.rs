@@ -218,7 +218,7 @@ pub fn decide(
 mod tests {
     use super::*;
     use crate::domain::normalize_domain;
-    use crate::evidence::{AuthResult, DkimCheck, DmarcCheck, SpfCheck};
+    use crate::evidence::{AuthResult, DkimCheck, SpfCheck};
 
     fn policy() -> Policy {
         Policy {
@@ -257,15 +257,7 @@ mod tests {
     }
 
     fn evidence(dkim: Vec<DkimCheck>, spf: SpfCheck) -> Evidence {
-        Evidence {
-            dkim,
-            spf,
-            dmarc: DmarcCheck {
-                result: AuthResult::None,
-                policy: None,
-                record: None,
-            },
-        }
+        Evidence::new(dkim, spf)
     }
 
     fn inbound(from: &str) -> Inbound {

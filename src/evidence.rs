@@ -108,17 +108,23 @@ pub struct DmarcCheck {
 }
 
 impl Evidence {
-    /// Evidence for a message that was not checked at all.
-    pub fn unchecked(reason: &str) -> Evidence {
+    /// The DKIM and SPF results, before DMARC-style alignment is worked
+    /// out (`none` until then).
+    pub fn new(dkim: Vec<DkimCheck>, spf: SpfCheck) -> Evidence {
         Evidence {
-            dkim: Vec::new(),
-            spf: SpfCheck::none(reason),
+            dkim,
+            spf,
             dmarc: DmarcCheck {
                 result: AuthResult::None,
                 policy: None,
                 record: None,
             },
         }
+    }
+
+    /// Evidence for a message that was not checked at all.
+    pub fn unchecked(reason: &str) -> Evidence {
+        Evidence::new(Vec::new(), SpfCheck::none(reason))
     }
 }
 

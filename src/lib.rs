@@ -53,12 +53,23 @@
 //!
 //! Commands:
 //! - [`cli`]: the command line's clap definitions (also used for the man page).
+//! - [`casework`]: the legal team's changes and readings of a case, shared by `cases` and the board.
+//! - [`export`]: `cases export` and the board's evidence bundle: a case as files.
 //! - [`cmd`]: each command's set-up and output, and its exit status.
+
+/// The one DNS stack: hickory, the very version mail-auth resolves with
+/// (its re-export), so `authenticate` and `spf` share one resolver and one
+/// cache, and no second hickory enters the tree.
+pub(crate) use mail_auth::hickory_resolver;
+
+#[cfg(test)]
+mod layering;
 
 pub mod accounts;
 pub mod audit;
 pub mod authenticate;
 pub mod case;
+pub mod casework;
 pub mod cli;
 pub mod clock;
 pub mod cmd;
@@ -67,6 +78,7 @@ pub mod daemon;
 pub mod decide;
 pub mod domain;
 pub mod evidence;
+pub mod export;
 pub mod http;
 pub mod imap;
 pub mod judge;

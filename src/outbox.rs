@@ -37,7 +37,7 @@
 //! shows each automatic re-send. A `sending` row whose process is gone
 //! (pid and start time, see `process`) is settled at once; where that
 //! cannot be told it is left alone for [`SENDING_LEASE`], so two processes
-//! draining the same log (the daemon and a `run --once`) never judge each
+//! draining the same log (the daemon and a `run --once`) never settle each
 //! other's sends. The bytes stay with the row: what a recipient was sent
 //! can be shown, and is exported with the case, whatever the templates
 //! say today.

@@ -48,10 +48,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::pin::Pin;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use mail_auth::hickory_resolver::TokioResolver;
-use mail_auth::hickory_resolver::net::{DnsError, NetError, NoRecords};
-use mail_auth::hickory_resolver::proto::op::ResponseCode;
-use mail_auth::hickory_resolver::proto::rr::{Name, RData, RecordType};
+use crate::hickory_resolver::TokioResolver;
+use crate::hickory_resolver::net::{DnsError, NetError, NoRecords};
+use crate::hickory_resolver::proto::op::ResponseCode;
+use crate::hickory_resolver::proto::rr::{Name, RData, RecordType};
 
 /// DNS-querying terms allowed in one check (RFC 7208 §4.6.4).
 const MAX_DNS_TERMS: usize = 10;

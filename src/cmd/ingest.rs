@@ -126,7 +126,7 @@ pub async fn run(
             .then(|path| {
                 let (judge, triage, budget) = (judge.clone(), triage.clone(), budget.clone());
                 async move {
-                    let opened = super::open_ahead(&path);
+                    let opened = super::input::open_ahead(&path);
                     let kib = opened.size().div_ceil(1024).clamp(1, WINDOW_KIB as u64) as u32;
                     let held = budget
                         .acquire_many_owned(kib)
@@ -136,7 +136,7 @@ pub async fn run(
                     let source = format!("ingest:{}", crate::text::clean(&name, 200));
                     tokio::spawn(async move {
                         let prepared = async {
-                            let raw = super::read_opened(&path, opened)?;
+                            let raw = super::input::read_opened(&path, opened)?;
                             let sha256 = crate::audit::sha256_hex(&raw);
                             anyhow::Ok(
                                 Prepared::prepare(&judge, &triage, source, raw, sha256).await,

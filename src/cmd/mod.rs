@@ -11,21 +11,17 @@
 
 pub mod cases;
 pub mod check;
-pub mod export;
 pub mod ingest;
+pub mod input;
 pub mod users;
 pub mod verify;
 
-use std::io::Read;
-use std::path::PathBuf;
-
-use anyhow::Context;
-
+use crate::casework::{self, Changes, UsageError};
 use crate::cli::{AuditCommand, CasesCommand, Cli, Command, UsersCommand};
 use crate::clock::{self, Clock};
 use crate::config::{self, Config};
+use crate::export;
 use crate::judge::Judge;
-use cases::{Changes, UsageError};
 use ingest::Ingested;
 
 /// sysexits.h: a temporary failure; the caller (an MTA) should try again.
@@ -154,7 +150,7 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
                 CasesCommand::List { status, json } => cases::list(&store, status, json, &mut out)?,
                 CasesCommand::Show { id, json } => cases::show(&mut store, id, json, &mut out)?,
                 CasesCommand::SetStatus { id, status, note } => {
-                    let line = cases::set_status(
+                    let line = casework::set_status(
                         &mut store,
                         id,
                         status,
@@ -187,22 +183,32 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
                         outcome,
                         note,
                     };
-                    for line in cases::set(&mut store, id, &changes, &cases::operator(), clock)? {
+                    for line in casework::set(&mut store, id, &changes, &cases::operator(), clock)?
+                    {
                         println!("{line}");
                     }
                 }
                 CasesCommand::Release { id, note } => {
                     let domain = crate::msgid::domain(&config);
-                    for line in
-                        cases::release(&mut store, id, &note, &domain, &cases::operator(), clock)?
-                    {
+                    for line in casework::release(
+                        &mut store,
+                        id,
+                        &note,
+                        &domain,
+                        &cases::operator(),
+                        clock,
+                    )? {
                         println!("{line}");
                     }
                 }
                 CasesCommand::Resend { id, note } => {
-                    for line in
-                        cases::resend(&mut store, id, note.as_deref(), &cases::operator(), clock)?
-                    {
+                    for line in casework::resend(
+                        &mut store,
+                        id,
+                        note.as_deref(),
+                        &cases::operator(),
+                        clock,
+                    )? {
                         println!("{line}");
                     }
                 }
@@ -279,63 +285,6 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
                 println!("{line}");
             }
             Ok(report.intact().into())
-        }
-    }
-}
-
-/// Reads a message file; `-` is standard input.
-pub fn read_input(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
-    if path.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .context("cannot read standard input")?;
-        Ok(buf)
-    } else {
-        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-    }
-}
-
-/// An input opened ahead of its turn: a file whose pages the kernel has
-/// been asked to start reading (`POSIX_FADV_WILLNEED`), so that by the
-/// time a worker reads it the read is a copy, not a wait on the disk.
-/// Standard input is read when its turn comes.
-pub enum Opened {
-    Stdin,
-    File(std::io::Result<std::fs::File>),
-}
-
-pub fn open_ahead(path: &PathBuf) -> Opened {
-    if path.as_os_str() == "-" {
-        return Opened::Stdin;
-    }
-    Opened::File(std::fs::File::open(path).inspect(|file| {
-        use std::os::fd::AsRawFd;
-        // Only a hint: the read below is correct whatever it returns.
-        // SAFETY: the descriptor is open and owned by `file`.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
-    }))
-}
-
-impl Opened {
-    /// The file's size as it was opened (0 for standard input or a file
-    /// that could not be opened).
-    pub fn size(&self) -> u64 {
-        match self {
-            Opened::File(Ok(file)) => file.metadata().map_or(0, |m| m.len()),
-            _ => 0,
-        }
-    }
-}
-
-pub fn read_opened(path: &PathBuf, opened: Opened) -> anyhow::Result<Vec<u8>> {
-    match opened {
-        Opened::Stdin => read_input(path),
-        Opened::File(file) => {
-            let mut buf = Vec::new();
-            file.and_then(|mut f| f.read_to_end(&mut buf))
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            Ok(buf)
         }
     }
 }

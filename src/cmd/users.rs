@@ -12,9 +12,9 @@ use std::path::Path;
 use anyhow::Context;
 use serde_json::json;
 
-use super::cases::UsageError;
 use crate::accounts::{self, Role};
 use crate::audit::{self, kind};
+use crate::casework::UsageError;
 use crate::clock::{self, Clock};
 use crate::store::Store;
 

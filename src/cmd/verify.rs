@@ -139,12 +139,12 @@ pub async fn run(judge: Judge, files: Vec<PathBuf>, json: bool) -> anyhow::Resul
     let mut runs = futures_util::stream::iter(files.chunks(RUN).map(<[PathBuf]>::to_vec))
         .map(|run| {
             let judge = judge.clone();
-            let opened: Vec<_> = run.iter().map(super::open_ahead).collect();
+            let opened: Vec<_> = run.iter().map(super::input::open_ahead).collect();
             tokio::spawn(async move {
                 let reports = run.into_iter().zip(opened).map(|(path, opened)| {
                     let judge = &judge;
                     async move {
-                        let raw = super::read_opened(&path, opened)?;
+                        let raw = super::input::read_opened(&path, opened)?;
                         let j = judge.judge(&raw, &History::default()).await;
                         render(Report::new(path.display().to_string(), j), json, single)
                     }

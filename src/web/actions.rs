@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::session::Signed;
 use super::{Board, Failure, reference};
 use crate::case::{self, DateSetting, Reference, Status, UserNotice};
-use crate::cmd::cases::{self, Changes};
+use crate::casework::{self, Changes};
 use crate::triage::RequestKind;
 
 fn back(reference: Reference) -> Response {
@@ -50,7 +50,7 @@ pub async fn status(
     let (actor, clock) = (signed.actor(), board.clock);
     let line = board
         .store
-        .run(move |s| cases::set_status(s, reference, to, note.as_deref(), &actor, clock))
+        .run(move |s| casework::set_status(s, reference, to, note.as_deref(), &actor, clock))
         .await?;
     tracing::info!("case board: {line}");
     Ok(back(reference))
@@ -145,7 +145,7 @@ pub async fn fields(
     let (actor, clock) = (signed.actor(), board.clock);
     let lines = board
         .store
-        .run(move |s| cases::set(s, reference, &changes, &actor, clock))
+        .run(move |s| casework::set(s, reference, &changes, &actor, clock))
         .await?;
     for line in lines {
         tracing::info!("case board: {line} (by {})", signed.actor());
@@ -181,7 +181,7 @@ pub async fn note(
     let (actor, clock) = (signed.actor(), board.clock);
     board
         .store
-        .run(move |s| cases::set(s, reference, &changes, &actor, clock))
+        .run(move |s| casework::set(s, reference, &changes, &actor, clock))
         .await?;
     Ok(back(reference))
 }
@@ -207,7 +207,7 @@ pub async fn release(
     let (actor, clock, domain) = (signed.actor(), board.clock, board.reply_domain.clone());
     let lines = board
         .store
-        .run(move |s| cases::release(s, reference, &form.note, &domain, &actor, clock))
+        .run(move |s| casework::release(s, reference, &form.note, &domain, &actor, clock))
         .await?;
     for line in lines {
         tracing::info!("case board: {line}");

@@ -5,7 +5,7 @@
 //! asked otherwise; TLS is the host's reverse proxy's). Every page but the
 //! sign-in form needs a session ([`session`]); every form carries the
 //! session's CSRF token; every change goes through the same functions as
-//! the CLI (`cmd::cases`), so it is one transaction with an audit event,
+//! the CLI (`casework`), so it is one transaction with an audit event,
 //! its actor the account (`web:NAME`).
 //!
 //! What a sender wrote is shown as text only: askama escapes every value
@@ -187,7 +187,7 @@ pub enum Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Failure {
-        use crate::cmd::cases::{Refused, UsageError};
+        use crate::casework::{Refused, UsageError};
         if let Some(r) = e.downcast_ref::<Refused>() {
             return match r {
                 Refused::NoSuchCase(_) => Failure::NotFound,

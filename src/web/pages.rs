@@ -13,8 +13,8 @@ use serde::Deserialize;
 use super::session::{Frame, Signed};
 use super::{Board, Failure, page, reference};
 use crate::case::{Case, Status};
+use crate::casework::{self, Dossier};
 use crate::clock;
-use crate::cmd::cases::{self, Dossier};
 use crate::notice;
 use crate::readable::{self, Readable};
 use crate::store::ReplyRow;
@@ -235,7 +235,7 @@ pub async fn quarantine(
             let cases = s.read().cases(Some(Status::Quarantined))?;
             let mut held = Vec::new();
             for c in cases {
-                let d = cases::dossier(s, c.reference, false)?;
+                let d = casework::dossier(s, c.reference, false)?;
                 held.push(Held {
                     row: Row::of(&c, today),
                     messages: d
@@ -253,7 +253,7 @@ pub async fn quarantine(
                             evidence: m
                                 .verdict
                                 .as_ref()
-                                .map(|v| cases::evidence_summary(&v.evidence))
+                                .map(|v| casework::evidence_summary(&v.evidence))
                                 .unwrap_or_default(),
                         })
                         .collect(),
@@ -396,7 +396,7 @@ pub async fn case(
     let (dossier, sent): (Dossier, Vec<Option<Vec<u8>>>) = board
         .store
         .run(move |s| {
-            let d = cases::dossier(s, reference, true)?;
+            let d = casework::dossier(s, reference, true)?;
             let ops = s.read();
             let sent = d
                 .replies
@@ -433,9 +433,9 @@ pub async fn case(
                 evidence: m
                     .verdict
                     .as_ref()
-                    .map(|v| cases::evidence_summary(&v.evidence))
+                    .map(|v| casework::evidence_summary(&v.evidence))
                     .unwrap_or_default(),
-                triage: cases::findings_summary(&msg.findings),
+                triage: casework::findings_summary(&msg.findings),
                 readable: msg.raw.as_deref().map(readable::read).unwrap_or_default(),
             }
         })
@@ -587,7 +587,7 @@ pub async fn bundle(
                 .join(format!("legal-intake-bundle-{}", crate::accounts::token()?));
             let folder = scratch.join(reference.to_string());
             let made = (|| {
-                crate::cmd::export::export(s, reference, &folder, &actor, clock)?;
+                crate::export::export(s, reference, &folder, &actor, clock)?;
                 let mut names = std::fs::read_dir(&folder)?
                     .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
                     .collect::<Result<Vec<_>, _>>()?;
@@ -639,7 +639,7 @@ pub async fn stats(
     }
     let figures = board
         .store
-        .run(move |s| cases::figures(s, year, clock))
+        .run(move |s| casework::figures(s, year, clock))
         .await?;
     let pairs = |m: &std::collections::BTreeMap<String, usize>| {
         m.iter().map(|(k, n)| (k.replace('_', " "), *n)).collect()

@@ -23,8 +23,8 @@ use serde_json::json;
 
 use crate::audit::{self, kind, sha256_hex};
 use crate::case::Reference;
+use crate::casework::{Dossier, dossier};
 use crate::clock::{self, Clock};
-use crate::cmd::cases::{Dossier, dossier};
 use crate::store::Store;
 
 /// The export folder is not usable (exit 1).
