@@ -203,7 +203,7 @@ pub async fn run(
             clock,
             daemon.wake.clone(),
             cancel.clone(),
-            metrics.clone(),
+            metrics.on_send(),
         ));
         let server = endpoint.map(|(listener, log, any_host)| {
             tokio::spawn(metrics::endpoint::serve(
@@ -257,7 +257,7 @@ impl Daemon {
             self.clock,
             outbox::Scope::All,
             &self.cancel,
-            &self.metrics,
+            &self.metrics.on_send(),
         )
         .await
         .context("sending the queued replies")?;

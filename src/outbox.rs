@@ -62,13 +62,58 @@ use crate::audit::{self, SYSTEM_ACTOR, kind, sha256_hex};
 use crate::case::{Case, ReplyKind};
 use crate::clock::{self, Clock, parse_instant, stamp};
 use crate::config::{Config, ConfigError};
-use crate::metrics::{Metrics, SendOutcome};
 use crate::notice::{self, DigestFacts, Envelope, NoticeFacts};
 use crate::process;
 use crate::reply::{self, Reply, Templates};
 use crate::signer::Signer;
 use crate::smtp::{self, Delivery};
 use crate::store::{AttemptEnd, NewDigest, ReplyRow, SharedStore};
+
+/// What became of one attempt to send a queued row (reply, notice or
+/// digest), as the `reply`/`notice` log line says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// The server accepted it.
+    Sent,
+    /// Not accepted; it is tried again later.
+    Retry,
+    /// Refused for good, or given up on.
+    Failed,
+    /// It may or may not have arrived; a person decides.
+    Unknown,
+}
+
+impl SendOutcome {
+    pub const ALL: [SendOutcome; 4] = [
+        SendOutcome::Sent,
+        SendOutcome::Retry,
+        SendOutcome::Failed,
+        SendOutcome::Unknown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendOutcome::Sent => "sent",
+            SendOutcome::Retry => "retry",
+            SendOutcome::Failed => "failed",
+            SendOutcome::Unknown => "unknown",
+        }
+    }
+
+    /// The outcome of an attempt that left its row in `status`.
+    pub fn from_status(status: &str) -> SendOutcome {
+        match status {
+            "sent" => SendOutcome::Sent,
+            "pending" => SendOutcome::Retry,
+            "failed" => SendOutcome::Failed,
+            _ => SendOutcome::Unknown,
+        }
+    }
+}
+
+/// Told the outcome of each send attempt as its log line is written
+/// (the daemon's counters, `metrics::Metrics::send`).
+pub type OnSend = Arc<dyn Fn(SendOutcome) + Send + Sync>;
 
 /// The longest one SMTP transaction may take.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -248,12 +293,8 @@ fn is_reply(kind: &str) -> bool {
 /// never started to go out delivered nothing and is due again at once; one
 /// whose content did is re-sent with the same bytes. Returns how many rows
 /// became `unknown` (none today; the count is kept for the tally).
-pub async fn recover(
-    store: &SharedStore,
-    clock: Clock,
-    metrics: &Arc<Metrics>,
-) -> anyhow::Result<u32> {
-    let metrics = metrics.clone();
+pub async fn recover(store: &SharedStore, clock: Clock, on_send: &OnSend) -> anyhow::Result<u32> {
+    let on_send = on_send.clone();
     store.run(move |s| {
         let now = clock.now();
         let lease_start = now - SENDING_LEASE;
@@ -305,7 +346,7 @@ pub async fn recover(
             .map_or_else(|| "-".to_string(), |c| c.reference.to_string());
             tracing::warn!(case = %reference, outbox = row.id, kind = %row.kind, to = %row.recipient, status = %status.unwrap_or("-"), attempt = row.attempts, error = ?settled.error(), "reply");
             if let Settled::Unknown(_) = settled {
-                metrics.send(SendOutcome::Unknown);
+                on_send(SendOutcome::Unknown);
                 unknown += 1;
             }
         }
@@ -379,17 +420,17 @@ fn settle(
 
 /// One drain of the queue (module documentation). Stops between replies
 /// when `cancel` fires; the reply in hand is finished and recorded. Each
-/// outcome is counted in `metrics` as its log line is written.
+/// outcome is told to `on_send` as its log line is written.
 pub async fn drain(
     store: &SharedStore,
     mailer: &Mailer,
     clock: Clock,
     scope: Scope,
     cancel: &CancellationToken,
-    metrics: &Arc<Metrics>,
+    on_send: &OnSend,
 ) -> anyhow::Result<Tally> {
     let mut tally = Tally::default();
-    tally.unknown += recover(store, clock, metrics).await?;
+    tally.unknown += recover(store, clock, on_send).await?;
     let Some(client) = &mailer.client else {
         return Ok(tally);
     };
@@ -442,7 +483,7 @@ pub async fn drain(
         } else {
             "notice"
         };
-        metrics.send(SendOutcome::from_status(status));
+        on_send(SendOutcome::from_status(status));
         match &delivery {
             Delivery::Accepted(reply) => {
                 tally.sent += 1;
@@ -823,7 +864,7 @@ pub async fn worker(
     clock: Clock,
     wake: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
-    metrics: Arc<Metrics>,
+    on_send: OnSend,
 ) {
     let mut warned_unconfigured = false;
     while !cancel.is_cancelled() {
@@ -835,7 +876,7 @@ pub async fn worker(
         if let Err(e) = queue_digest_if_due(&store, &current, clock).await {
             tracing::error!(error = %format!("{e:#}"), "queuing the daily digest failed; trying again later");
         }
-        if let Err(e) = drain(&store, &current, clock, Scope::Due, &cancel, &metrics).await {
+        if let Err(e) = drain(&store, &current, clock, Scope::Due, &cancel, &on_send).await {
             tracing::error!(error = %format!("{e:#}"), "sending replies failed; trying again later");
         }
         tokio::select! {

@@ -27,6 +27,7 @@ use time::OffsetDateTime;
 use crate::clock::{self, Clock, day, stamp};
 use crate::decide::Decision;
 use crate::notice::DUE_WITHIN_DAYS;
+use crate::outbox::{OnSend, SendOutcome};
 use crate::store::{DeadlineCounts, DeadlineWindow, SharedStore, Store};
 
 /// The longest a scrape waits for the case log's figures (Prometheus's
@@ -35,48 +36,6 @@ const LOG_READ_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The decisions, in the order of [`Metrics::messages`].
 const DECISIONS: [Decision; 5] = Decision::ALL;
-
-/// What became of one attempt to send a queued row (reply, notice or
-/// digest), as the `reply`/`notice` log line says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendOutcome {
-    /// The server accepted it.
-    Sent,
-    /// Not accepted; it is tried again later.
-    Retry,
-    /// Refused for good, or given up on.
-    Failed,
-    /// It may or may not have arrived; a person decides.
-    Unknown,
-}
-
-impl SendOutcome {
-    const ALL: [SendOutcome; 4] = [
-        SendOutcome::Sent,
-        SendOutcome::Retry,
-        SendOutcome::Failed,
-        SendOutcome::Unknown,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SendOutcome::Sent => "sent",
-            SendOutcome::Retry => "retry",
-            SendOutcome::Failed => "failed",
-            SendOutcome::Unknown => "unknown",
-        }
-    }
-
-    /// The outcome of an attempt that left its row in `status`.
-    pub fn from_status(status: &str) -> SendOutcome {
-        match status {
-            "sent" => SendOutcome::Sent,
-            "pending" => SendOutcome::Retry,
-            "failed" => SendOutcome::Failed,
-            _ => SendOutcome::Unknown,
-        }
-    }
-}
 
 /// The daemon's counters since it started; shared by the passes, the
 /// sending task and the endpoint. Plain relaxed atomics: each figure is
@@ -131,6 +90,12 @@ impl Metrics {
     pub fn send(&self, outcome: SendOutcome) {
         // The variants are declared in the order of `SendOutcome::ALL`.
         self.sends[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// [`Metrics::send`] as the outgoing queue is given it.
+    pub fn on_send(self: &Arc<Self>) -> OnSend {
+        let metrics = self.clone();
+        Arc::new(move |outcome| metrics.send(outcome))
     }
 
     /// One failed IMAP connection or pass.
