@@ -273,6 +273,31 @@ fn the_pure_core_touches_no_network_database_clock_or_environment() {
 }
 
 #[test]
+fn the_pure_core_depends_on_itself_config_and_the_time_format_only() {
+    let deps = dependencies(&modules());
+    let pure: BTreeSet<String> = code_map(Some("Pure core"))
+        .iter()
+        .map(|f| {
+            f.trim_start_matches("src/")
+                .trim_end_matches(".rs")
+                .to_string()
+        })
+        .collect();
+    for m in &pure {
+        for d in &deps[m] {
+            assert!(
+                pure.contains(d) || d == "config" || d == "clock",
+                "the pure module {m} depends on {d}"
+            );
+        }
+    }
+    // Nor does the outgoing queue count its own sends or file messages.
+    for d in ["metrics", "pipeline"] {
+        assert!(!deps["outbox"].contains(d), "outbox depends on {d}");
+    }
+}
+
+#[test]
 fn mail_auth_and_sql_stay_where_they_belong() {
     for (m, code) in modules() {
         if !matches!(m.as_str(), "authenticate" | "signer") {
