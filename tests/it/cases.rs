@@ -51,20 +51,25 @@ impl Log {
     }
 
     fn command(&self, now: Option<&str>, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_legal-intake"));
-        cmd.arg("--config")
-            .arg(&self.install.config)
-            .args(args)
-            // `$USER` is anyone's to set: the actor comes from the real
-            // user ID, with the sudo caller recorded beside it.
-            .env("USER", "mallory")
-            .env("SUDO_USER", SUDO_CALLER)
-            .env("LEGAL_INTAKE_LOG", "warn")
-            .env("LEGAL_INTAKE_NOW", now.unwrap_or(NOW))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        // `$USER` is anyone's to set: the actor comes from the real
+        // user ID, with the sudo caller recorded beside it.
+        let mut cmd = self
+            .install
+            .operator_command(args, Some(now.unwrap_or(NOW)));
+        cmd.env("LEGAL_INTAKE_LOG", "warn");
         cmd
+    }
+
+    /// `ingest` with `flags` over the files, at `now`.
+    fn ingest_command(&self, now: Option<&str>, flags: &[&str], files: &[PathBuf]) -> Command {
+        let mut args: Vec<String> = ["ingest"]
+            .iter()
+            .chain(flags)
+            .map(|a| a.to_string())
+            .collect();
+        args.extend(files.iter().map(|f| f.display().to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.command(now, &args)
     }
 
     /// Runs the binary at `now` ([`NOW`] when `None`).
@@ -88,10 +93,10 @@ impl Log {
     }
 
     fn ingest_files_at(&self, now: Option<&str>, files: &[PathBuf]) -> Vec<Value> {
-        let mut args = vec!["ingest".to_string(), "--json".to_string()];
-        args.extend(files.iter().map(|f| f.display().to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = self.run_at(now, &args);
+        let out = self
+            .ingest_command(now, &["--json"], files)
+            .output()
+            .expect("run legal-intake");
         let v: Value = serde_json::from_slice(&out.stdout).expect("ingest --json prints JSON");
         let v = v.as_array().expect("ingest --json prints an array").clone();
         // 75 (EX_TEMPFAIL) exactly when a message was deferred, so that an
@@ -161,13 +166,18 @@ impl Log {
     }
 
     fn head(&self) -> String {
-        self.db()
-            .query_row(
-                "SELECT hash FROM events ORDER BY id DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap()
+        self.install
+            .value("SELECT hash FROM events ORDER BY id DESC LIMIT 1")
+    }
+
+    /// The Message-ID of the first reply queued on case `id`.
+    fn reply_msgid(&self, id: &str) -> String {
+        s(&self.show(id)["replies"][0]["msgid"]).to_string()
+    }
+
+    /// `cases export` of case `id` into `dir`.
+    fn export(&self, id: &str, dir: &Path) -> Output {
+        self.run(&["cases", "export", id, "--out", dir.to_str().unwrap()])
     }
 
     /// A copy of this log (configuration and database) to tamper with.
@@ -192,6 +202,25 @@ fn text(out: &Output) -> String {
 
 fn code(out: &Output) -> i32 {
     out.status.code().expect("exited, not killed")
+}
+
+/// The command exited with `status` and said `what`.
+fn failed_with(out: &Output, status: i32, what: &str) {
+    assert_eq!(code(out), status, "{}", text(out));
+    assert!(text(out).contains(what), "{}", text(out));
+}
+
+/// (case, decision, whether a new case) of each filing.
+fn outcomes(out: &[Value]) -> Vec<(&str, &str, bool)> {
+    out.iter()
+        .map(|o| {
+            (
+                s(&o["case"]),
+                s(&o["decision"]),
+                o["new_case"].as_bool().unwrap(),
+            )
+        })
+        .collect()
 }
 
 fn s(v: &Value) -> &str {
@@ -431,10 +460,7 @@ fn messages_join_cases_by_each_threading_rule() {
     let first = police_request("Production order 2026/117");
     let out = log.ingest(&[&first]);
     assert_eq!(out[0]["case"], "LR-2026-0001");
-    let our_reply = log.show("LR-2026-0001")["replies"][0]["msgid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let our_reply = log.reply_msgid("LR-2026-0001");
 
     // In-Reply-To naming the filed message.
     let by_in_reply_to = police_request_with(
@@ -574,18 +600,8 @@ fn mail_from_our_own_domains_is_a_note_on_its_case_and_never_answered() {
         &ours,
     );
     let out = log.ingest(&[&forward, &by_subject, &stray, &forged_colleague]);
-    let got: Vec<(&str, &str, bool)> = out
-        .iter()
-        .map(|o| {
-            (
-                s(&o["case"]),
-                s(&o["decision"]),
-                o["new_case"].as_bool().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        got,
+        outcomes(&out),
         [
             ("LR-2026-0001", "internal", false),
             ("LR-2026-0001", "internal", false),
@@ -623,10 +639,7 @@ fn only_the_cases_own_agency_joins_it_whatever_it_names() {
     let first = police_request("Production order 2026/117");
     assert_eq!(log.ingest(&[&first])[0]["case"], "LR-2026-0001");
     let ours = message_id(&first);
-    let our_reply = log.show("LR-2026-0001")["replies"][0]["msgid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let our_reply = log.reply_msgid("LR-2026-0001");
 
     // Another authenticated sender naming the case every way it can, with
     // wording that would flag the case as an emergency.
@@ -664,18 +677,8 @@ fn only_the_cases_own_agency_joins_it_whatever_it_names() {
         &forged_reply,
         &forged_copy,
     ]);
-    let got: Vec<(&str, &str, bool)> = out
-        .iter()
-        .map(|o| {
-            (
-                s(&o["case"]),
-                s(&o["decision"]),
-                o["new_case"].as_bool().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        got,
+        outcomes(&out),
         [
             ("LR-2026-0002", "reject", true),
             ("LR-2026-0003", "reject", true),
@@ -919,8 +922,7 @@ fn every_status_transition_allowed_and_refused() {
     moved(&log, "LR-2026-0001", "closed", None);
     refused_from(&log, "LR-2026-0001", "closed");
     let out = log.run(&["cases", "set-status", "LR-2026-0001", "under_review"]);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(text(&out).contains("--note"), "{}", text(&out));
+    failed_with(&out, 1, "--note");
     moved(
         &log,
         "LR-2026-0001",
@@ -952,16 +954,12 @@ fn every_status_transition_allowed_and_refused() {
     moved(&log, "LR-2026-0007", "under_review", None);
 
     // Every move is one event naming the user and the note; refusals none.
-    let db = log.db();
-    let moves: i64 = db
-        .query_row(
-            "SELECT count(*) FROM events WHERE kind = 'status_changed'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(moves, 17);
-    let (actor, data): (String, String) = db
+    assert_eq!(
+        log.count("SELECT count(*) FROM events WHERE kind = 'status_changed'"),
+        17
+    );
+    let (actor, data): (String, String) = log
+        .db()
         .query_row(
             "SELECT actor, data FROM events WHERE kind = 'status_changed' ORDER BY id LIMIT 1 OFFSET 1",
             [],
@@ -984,12 +982,7 @@ fn every_status_transition_allowed_and_refused() {
         assert_eq!(code(&log.run(&args)), 2, "{args:?}");
     }
     let out = log.run(&["cases", "set-status", "LR-2026-0999", "closed"]);
-    assert_eq!(code(&out), 1);
-    assert!(
-        text(&out).contains("no case LR-2026-0999"),
-        "{}",
-        text(&out)
-    );
+    failed_with(&out, 1, "no case LR-2026-0999");
 
     // `cases list --status`.
     let out = log.run(&["cases", "list", "--status", "closed", "--json"]);
@@ -1027,12 +1020,7 @@ fn a_quarantined_request_is_released_only_with_a_persons_note() {
     let out = log.run(&["cases", "release", held, "--note", " "]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let out = log.run(&["cases", "release", genuine, "--note", "x"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("only a quarantined case is released"),
-        "{}",
-        text(&out)
-    );
+    failed_with(&out, 1, "only a quarantined case is released");
     assert_eq!(log.status(held), "quarantined");
 
     let out = log.run(&[
@@ -1112,15 +1100,7 @@ fn stats_count_requests_by_decision_and_outcome_with_quarantine_apart() {
     assert_eq!(f["by_outcome"]["none_held"], 1);
     assert_eq!(f["by_outcome"]["pending"], 1);
     // Stamped with the head of the chain as it was counted.
-    let head: String = log
-        .install
-        .db()
-        .query_row(
-            "SELECT hash FROM events ORDER BY id DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let head = log.head();
     assert_eq!(f["audit_head"], head.as_str());
     let out = log.run(&["cases", "stats", "--year", "2026", "--csv"]);
     let csv = String::from_utf8(out.stdout).unwrap();
@@ -1221,13 +1201,8 @@ fn case_fields_are_set_with_an_event_each() {
     assert!(out.status.success(), "{}", text(&out));
     let expected = real_user();
     let actor: String = log
-        .db()
-        .query_row(
-            "SELECT actor FROM events ORDER BY id DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+        .install
+        .value("SELECT actor FROM events ORDER BY id DESC LIMIT 1");
     assert_eq!(actor, expected);
     assert_ne!(actor, "mallory");
 
@@ -1325,6 +1300,22 @@ fn drop_triggers(db: &Connection) {
     .unwrap();
 }
 
+/// A copy of [`filed_log`] without its append-only triggers, and a
+/// connection to change it with.
+fn unprotected() -> (Log, Connection) {
+    let log = filed_log().copy();
+    let db = log.db();
+    drop_triggers(&db);
+    (log, db)
+}
+
+/// A copy of [`filed_log`] after `sql` ran on it without the triggers.
+fn tampered(sql: &str) -> Log {
+    let (log, db) = unprotected();
+    db.execute_batch(sql).unwrap();
+    log
+}
+
 /// `audit verify` fails (exit 1) and names `event` as the first bad one.
 fn broken_at(log: &Log, event: i64, what: &str) {
     let out = log.audit(None);
@@ -1360,9 +1351,7 @@ fn triggers_refuse_edits_and_deletions() {
 
 #[test]
 fn edited_message_bytes_are_detected() {
-    let log = filed_log().copy();
-    let db = log.db();
-    drop_triggers(&db);
+    let (log, db) = unprotected();
     // One byte of message 2's body; message 2 was filed by event 6.
     let mut raw: Vec<u8> = db
         .query_row("SELECT raw FROM messages WHERE id = 2", [], |r| r.get(0))
@@ -1387,9 +1376,7 @@ fn edited_message_bytes_are_detected() {
 
 #[test]
 fn edited_events_are_detected() {
-    let log = filed_log().copy();
-    let db = log.db();
-    drop_triggers(&db);
+    let (log, db) = unprotected();
     db.execute(
         "UPDATE events SET data = replace(data, '\"decision\":\"reject\"', '\"decision\":\"acknowledge\"') WHERE kind = 'verdict' AND case_id = 3",
         [],
@@ -1406,9 +1393,7 @@ fn edited_events_are_detected() {
     broken_at(&log, id, "does not match its hash");
 
     // Recomputing that event's hash moves the break to the next event.
-    let log = filed_log().copy();
-    let db = log.db();
-    drop_triggers(&db);
+    let (log, db) = unprotected();
     db.execute("UPDATE events SET actor = 'mallory' WHERE id = 5", [])
         .unwrap();
     let e = event(&db, 5);
@@ -1424,18 +1409,15 @@ fn edited_events_are_detected() {
 #[test]
 fn deleted_inserted_and_swapped_events_are_detected() {
     // Deletion.
-    let log = filed_log().copy();
-    let db = log.db();
-    drop_triggers(&db);
-    db.execute("DELETE FROM events WHERE id = 7", []).unwrap();
-    drop(db);
-    broken_at(&log, 8, "expected event 7");
+    broken_at(
+        &tampered("DELETE FROM events WHERE id = 7"),
+        8,
+        "expected event 7",
+    );
 
     // Insertion: a well-formed event slipped in after event 4, the rest
     // renumbered.
-    let log = filed_log().copy();
-    let db = log.db();
-    drop_triggers(&db);
+    let (log, db) = unprotected();
     db.execute_batch(
         "UPDATE events SET id = id + 1000 WHERE id > 4; UPDATE events SET id = id - 999 WHERE id > 1000;",
     )
@@ -1461,14 +1443,9 @@ fn deleted_inserted_and_swapped_events_are_detected() {
     broken_at(&log, 6, "");
 
     // Reordering: events 9 and 10 swap places.
-    let log = filed_log().copy();
-    let db = log.db();
-    drop_triggers(&db);
-    db.execute_batch(
+    let log = tampered(
         "UPDATE events SET id = 0 WHERE id = 9; UPDATE events SET id = 9 WHERE id = 10; UPDATE events SET id = 10 WHERE id = 0;",
-    )
-    .unwrap();
-    drop(db);
+    );
     broken_at(&log, 9, "");
 }
 
@@ -1479,12 +1456,10 @@ fn edited_tables_are_detected_against_their_events() {
     log.db()
         .execute("UPDATE cases SET status = 'closed' WHERE id = 1", [])
         .unwrap();
-    let out = log.audit(None);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("case LR-2026-0001: its status is \"closed\""),
-        "{}",
-        text(&out)
+    failed_with(
+        &log.audit(None),
+        1,
+        "case LR-2026-0001: its status is \"closed\"",
     );
 
     // A queued reply redirected to someone else.
@@ -1495,13 +1470,7 @@ fn edited_tables_are_detected_against_their_events() {
             [],
         )
         .unwrap();
-    let out = log.audit(None);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("queued reply 1 differs"),
-        "{}",
-        text(&out)
-    );
+    failed_with(&log.audit(None), 1, "queued reply 1 differs");
     // The outbox's delivery fields may change without breaking anything.
     let log = filed_log().copy();
     log.db()
@@ -1513,18 +1482,13 @@ fn edited_tables_are_detected_against_their_events() {
     log.assert_intact();
 
     // A whole message deleted, with its verdict.
-    let log = filed_log().copy();
-    let db = log.db();
-    drop_triggers(&db);
-    db.execute_batch("PRAGMA foreign_keys = OFF; DELETE FROM verdicts WHERE message_id = 3; DELETE FROM messages WHERE id = 3;")
-        .unwrap();
-    drop(db);
-    let out = log.audit(None);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("message 3 named by this event is missing"),
-        "{}",
-        text(&out)
+    let log = tampered(
+        "PRAGMA foreign_keys = OFF; DELETE FROM verdicts WHERE message_id = 3; DELETE FROM messages WHERE id = 3;",
+    );
+    failed_with(
+        &log.audit(None),
+        1,
+        "message 3 named by this event is missing",
     );
 }
 
@@ -1590,30 +1554,21 @@ fn a_newer_schema_is_refused() {
     let log = filed_log();
     log.db().pragma_update(None, "user_version", 99).unwrap();
     for args in [vec!["cases", "list"], vec!["audit", "verify"]] {
-        let out = log.run(&args);
-        assert_eq!(code(&out), 1, "{}", text(&out));
-        assert!(
-            text(&out).contains("newer than this binary"),
-            "{}",
-            text(&out)
-        );
+        failed_with(&log.run(&args), 1, "newer than this binary");
     }
     let out = log.ingest_files_at_status(&[log.write(&police_request("x"))]);
     assert_eq!(code(&out), 1, "{}", text(&out));
     // Nothing to read is an error too, not an empty log.
     let empty = Log::new();
-    let out = empty.run(&["cases", "list"]);
-    assert_eq!(code(&out), 1);
-    assert!(text(&out).contains("no case log"), "{}", text(&out));
+    failed_with(&empty.run(&["cases", "list"]), 1, "no case log");
     assert!(!empty.db_path().exists());
 }
 
 impl Log {
     fn ingest_files_at_status(&self, files: &[PathBuf]) -> Output {
-        let mut args = vec!["ingest".to_string()];
-        args.extend(files.iter().map(|f| f.display().to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.run(&args)
+        self.ingest_command(None, &[], files)
+            .output()
+            .expect("run legal-intake")
     }
 }
 
@@ -1632,12 +1587,7 @@ Date: Mon, 02 Nov 2026 10:00:00 +0000\r\nMessage-ID: <export-{}@police.gi>\r\nMI
 Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n{body}",
         std::process::id()
     );
-    from_police_server(&signed(
-        raw.as_bytes(),
-        &world().keys.police,
-        "police.gi",
-        "s2026",
-    ))
+    genuine(raw.as_bytes())
 }
 
 #[test]
@@ -1647,13 +1597,7 @@ fn export_writes_the_bundle_byte_for_byte_and_never_overwrites() {
     let second = police_request_with("Re: order", &[("In-Reply-To", &message_id(&first))]);
     log.ingest(&[&first, &second]);
     let out_dir = log.dir().join("bundle");
-    let out = log.run(&[
-        "cases",
-        "export",
-        "LR-2026-0001",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let out = log.export("LR-2026-0001", &out_dir);
     assert!(out.status.success(), "{}", text(&out));
 
     assert_eq!(std::fs::read(out_dir.join("msg1.eml")).unwrap(), first);
@@ -1727,60 +1671,24 @@ fn export_writes_the_bundle_byte_for_byte_and_never_overwrites() {
 
     // A second export into the same folder is refused and changes nothing.
     let before: Vec<(String, Vec<u8>)> = snapshot(&out_dir);
-    let out = log.run(&[
-        "cases",
-        "export",
-        "LR-2026-0001",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    assert!(
-        text(&out).contains("must not exist or must be empty"),
-        "{}",
-        text(&out)
+    failed_with(
+        &log.export("LR-2026-0001", &out_dir),
+        1,
+        "must not exist or must be empty",
     );
     assert_eq!(snapshot(&out_dir), before);
     // A folder holding anything at all is refused; an empty one is used.
     let busy = log.dir().join("busy");
     std::fs::create_dir(&busy).unwrap();
     std::fs::write(busy.join(".keep"), b"").unwrap();
-    assert_eq!(
-        code(&log.run(&[
-            "cases",
-            "export",
-            "LR-2026-0001",
-            "--out",
-            busy.to_str().unwrap()
-        ])),
-        1
-    );
+    assert_eq!(code(&log.export("LR-2026-0001", &busy)), 1);
     let empty = log.dir().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    assert!(
-        log.run(&[
-            "cases",
-            "export",
-            "LR-2026-0001",
-            "--out",
-            empty.to_str().unwrap()
-        ])
-        .status
-        .success()
-    );
+    assert!(log.export("LR-2026-0001", &empty).status.success());
     assert_eq!(std::fs::read(empty.join("msg1.eml")).unwrap(), first);
     // An unknown case exports nothing.
     let none = log.dir().join("none");
-    assert_eq!(
-        code(&log.run(&[
-            "cases",
-            "export",
-            "LR-2026-0404",
-            "--out",
-            none.to_str().unwrap()
-        ])),
-        1
-    );
+    assert_eq!(code(&log.export("LR-2026-0404", &none)), 1);
     assert!(!none.exists());
     log.assert_intact();
 }
@@ -1821,10 +1729,7 @@ fn concurrent_ingest_processes_file_everything_once() {
             .collect();
         // Every process also files the shared ones, at different points.
         files.splice(p * 10..p * 10, shared.iter().cloned());
-        let mut args = vec!["ingest".to_string()];
-        args.extend(files.iter().map(|f| f.display().to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        children.push(log.command(None, &args).spawn().unwrap());
+        children.push(log.ingest_command(None, &[], &files).spawn().unwrap());
     }
     // `audit verify` while they write: always a consistent snapshot.
     let mut audits = 0;
@@ -1869,11 +1774,8 @@ fn a_killed_ingest_leaves_a_valid_log_and_a_rerun_completes_it() {
     let log = Log::with(UNLIMITED);
     let n = 2500;
     let files: Vec<PathBuf> = many(n, "crash").iter().map(|m| log.write(m)).collect();
-    let mut args = vec!["ingest".to_string()];
-    args.extend(files.iter().map(|f| f.display().to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
 
-    let mut child = log.command(None, &args).spawn().unwrap();
+    let mut child = log.ingest_command(None, &[], &files).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().expect("a first line").unwrap();
     assert!(first.contains("new=yes"), "{first}");

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -12,16 +12,6 @@ use std::time::{Duration, Instant};
 use testkit::dovecot::Dovecot;
 
 use crate::support::*;
-
-/// An installation watching `dovecot`; `imap_extra` goes into `[imap]`.
-fn install(dovecot: &Dovecot, imap_extra: &str, extra: &str) -> Install {
-    Install::full(
-        world().dns_addr(),
-        &dovecot.imap_config(imap_extra),
-        "",
-        extra,
-    )
-}
 
 /// The four kinds of mail the daemon sorts.
 fn mixed() -> Vec<(&'static str, Vec<u8>, &'static str)> {
@@ -51,23 +41,19 @@ fn sorted(mut v: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
 }
 
 fn spawn_daemon(install: &Install, args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_legal-intake"))
-        .arg("--config")
-        .arg(&install.config)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    install.command(args).spawn().unwrap()
 }
 
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
+/// Appends `n` police requests, "`subject` 0" and on, to `mailbox`;
+/// the messages in order.
+fn fill(dovecot: &Dovecot, mailbox: &str, n: usize, subject: &str) -> Vec<Vec<u8>> {
+    let mail: Vec<Vec<u8>> = (0..n)
+        .map(|i| police_request(&format!("{subject} {i}")))
+        .collect();
+    for raw in &mail {
+        dovecot.append(mailbox, raw);
+    }
+    mail
 }
 
 fn audit_ok(install: &Install) {
@@ -82,14 +68,12 @@ fn audit_ok(install: &Install) {
 #[test]
 fn a_mixed_batch_lands_in_the_right_folders_and_a_second_pass_changes_nothing() {
     let dovecot = Dovecot::start();
-    let install = install(&dovecot, "", "");
+    let install = Install::watching(&dovecot, "", "");
     let mail = mixed();
     for (_, raw, _) in &mail {
         dovecot.append("INBOX", raw);
     }
-    let out = install.run(&["run", "--once"]);
-    let log = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(out.status.success(), "{log}");
+    let log = install.run_once();
 
     assert!(dovecot.messages("INBOX").is_empty());
     let expect = |folder: &str| {
@@ -147,8 +131,7 @@ fn a_mixed_batch_lands_in_the_right_folders_and_a_second_pass_changes_nothing() 
     let filing_events =
         "SELECT count(*) FROM events WHERE kind NOT IN ('reply_sending', 'reply_retry')";
     let events = install.count(filing_events);
-    let again = install.run(&["run", "--once"]);
-    assert!(again.status.success());
+    install.run_once();
     assert_eq!(
         install.count(filing_events),
         events,
@@ -161,24 +144,11 @@ fn a_mixed_batch_lands_in_the_right_folders_and_a_second_pass_changes_nothing() 
 
 #[test]
 fn deferred_messages_stay_until_their_tries_run_out() {
-    let w = world();
     let dovecot = Dovecot::start();
-    let install = install(&dovecot, "", "[limits]\ndefer_max_tries = 2\n");
-    let raw = delivered(
-        &signed(
-            &request("officer@police.gi", "Order"),
-            &w.keys.police,
-            "police.gi",
-            "slow",
-        ),
-        "gw.example",
-        STRANGER_IP,
-        "<officer@police.gi>",
-    );
+    let install = Install::watching(&dovecot, "", "[limits]\ndefer_max_tries = 2\n");
+    let raw = through_gateway(&police_signed_with("slow", "Order"));
     dovecot.append("INBOX", &raw);
-    let first = install.run(&["run", "--once"]);
-    assert!(first.status.success());
-    assert!(String::from_utf8_lossy(&first.stderr).contains("decision=defer"));
+    assert!(install.run_once().contains("decision=defer"));
     assert_eq!(
         dovecot.messages("INBOX"),
         vec![raw.clone()],
@@ -186,14 +156,10 @@ fn deferred_messages_stay_until_their_tries_run_out() {
     );
     assert_eq!(install.count("SELECT count(*) FROM messages"), 0);
 
-    let second = install.run(&["run", "--once"]);
-    assert!(second.status.success());
+    install.run_once();
     assert!(dovecot.messages("INBOX").is_empty());
     assert_eq!(dovecot.messages("Quarantine"), vec![raw]);
-    let reason: String = install
-        .db()
-        .query_row("SELECT reason FROM verdicts", [], |r| r.get(0))
-        .unwrap();
+    let reason: String = install.value("SELECT reason FROM verdicts");
     assert!(reason.contains("defer_max_tries"), "{reason}");
 }
 
@@ -201,14 +167,9 @@ fn deferred_messages_stay_until_their_tries_run_out() {
 fn a_uidvalidity_change_and_redelivered_copies_refile_nothing() {
     let dovecot = Dovecot::start();
     dovecot.create_mailbox("legal");
-    let install = install(&dovecot, "mailbox = \"legal\"\n", "");
-    let old: Vec<Vec<u8>> = (0..3)
-        .map(|i| police_request(&format!("Old {i}")))
-        .collect();
-    for raw in &old {
-        dovecot.append("legal", raw);
-    }
-    assert!(install.run(&["run", "--once"]).status.success());
+    let install = Install::watching(&dovecot, "mailbox = \"legal\"\n", "");
+    let old = fill(&dovecot, "legal", 3, "Old");
+    install.run_once();
     assert_eq!(install.count("SELECT count(*) FROM messages"), 3);
     let events = install.count("SELECT count(*) FROM events");
 
@@ -221,7 +182,7 @@ fn a_uidvalidity_change_and_redelivered_copies_refile_nothing() {
     }
     let new = police_request("New");
     dovecot.append("legal", &new);
-    assert!(install.run(&["run", "--once"]).status.success());
+    install.run_once();
 
     assert_eq!(
         install.count("SELECT count(*) FROM messages"),
@@ -247,30 +208,18 @@ fn a_uidvalidity_change_and_redelivered_copies_refile_nothing() {
 #[test]
 fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     let dovecot = Dovecot::start();
-    let install = install(&dovecot, "", "");
-    let mail: Vec<Vec<u8>> = (0..40)
-        .map(|i| police_request(&format!("Request {i}")))
-        .collect();
-    for raw in &mail {
-        dovecot.append("INBOX", raw);
-    }
+    let install = Install::watching(&dovecot, "", "");
+    let mail = fill(&dovecot, "INBOX", 40, "Request");
     // A fixed sequence of pseudo-random delays, so a failure reproduces.
     let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
     for _ in 0..12 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
+        let delay = 40 + xorshift(&mut seed) % 400;
         let mut child = spawn_daemon(&install, &["run", "--once"]);
-        thread::sleep(Duration::from_millis(40 + seed % 400));
+        thread::sleep(Duration::from_millis(delay));
         let _ = child.kill();
         let _ = child.wait();
     }
-    let last = install.run(&["run", "--once"]);
-    assert!(
-        last.status.success(),
-        "{}",
-        String::from_utf8_lossy(&last.stderr)
-    );
+    install.run_once();
 
     assert!(dovecot.messages("INBOX").is_empty());
     assert_eq!(
@@ -295,7 +244,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
 #[test]
 fn idle_files_a_new_message_without_waiting_for_the_poll() {
     let dovecot = Dovecot::start();
-    let install = install(&dovecot, "poll_interval_secs = 300\n", "");
+    let install = Install::watching(&dovecot, "poll_interval_secs = 300\n", "");
     let mut daemon = spawn_daemon(&install, &["run"]);
     // The first pass creates the folders; then the daemon is idle.
     wait_for(Duration::from_secs(30), "the first pass", || {
@@ -310,29 +259,16 @@ fn idle_files_a_new_message_without_waiting_for_the_poll() {
         dovecot.messages("Processed").contains(&raw)
     });
     eprintln!("arrival → filed and moved: {:?}", appended.elapsed());
-    signal(&daemon, "-TERM");
-    let status = daemon.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
-    let mut log = String::new();
-    daemon
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    stop(&mut daemon);
+    let log = stderr_of(&mut daemon);
     assert!(log.contains("decision=acknowledge"), "{log}");
 }
 
 #[test]
 fn sigterm_mid_pass_exits_0_and_the_next_run_completes() {
     let dovecot = Dovecot::start();
-    let install = install(&dovecot, "", "");
-    let mail: Vec<Vec<u8>> = (0..80)
-        .map(|i| police_request(&format!("Bulk {i}")))
-        .collect();
-    for raw in &mail {
-        dovecot.append("INBOX", raw);
-    }
+    let install = Install::watching(&dovecot, "", "");
+    let mail = fill(&dovecot, "INBOX", 80, "Bulk");
     let mut daemon = spawn_daemon(&install, &["run"]);
     wait_for(Duration::from_secs(30), "the first filed message", || {
         // The file can exist a moment before its tables do.
@@ -342,14 +278,12 @@ fn sigterm_mid_pass_exits_0_and_the_next_run_completes() {
                 .query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))
                 .is_ok_and(|n| n > 0)
     });
-    signal(&daemon, "-TERM");
-    let status = daemon.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
+    stop(&mut daemon);
     let after_term = install.count("SELECT count(*) FROM messages");
     // Whatever was filed was also moved: the batch in hand was finished.
     assert_eq!(dovecot.messages("Processed").len() as i64, after_term);
 
-    assert!(install.run(&["run", "--once"]).status.success());
+    install.run_once();
     assert_eq!(install.count("SELECT count(*) FROM messages"), 80);
     assert_eq!(sorted(dovecot.messages("Processed")), sorted(mail));
     audit_ok(&install);
@@ -358,15 +292,10 @@ fn sigterm_mid_pass_exits_0_and_the_next_run_completes() {
 #[test]
 fn tls_with_the_configured_ca() {
     let dovecot = Dovecot::start_tls();
-    let install = install(&dovecot, "", "");
+    let install = Install::watching(&dovecot, "", "");
     let raw = police_request("Over TLS");
     dovecot.append("INBOX", &raw);
-    let out = install.run(&["run", "--once"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    install.run_once();
     assert_eq!(dovecot.messages("Processed"), vec![raw]);
 }
 
@@ -407,6 +336,24 @@ impl Proxy {
         });
         Proxy { port, connections }
     }
+
+    /// An installation watching `dovecot` through this proxy.
+    fn install(&self, dovecot: &Dovecot) -> Install {
+        let imap = dovecot.imap_config("").replace(
+            &format!("port = {}", dovecot.port),
+            &format!("port = {}", self.port),
+        );
+        Install::full(world().dns_addr(), &imap, "", "")
+    }
+}
+
+/// Waits for the daemon to empty the inbox through a [`Proxy`].
+fn wait_for_empty_inbox(dovecot: &Dovecot) {
+    wait_for(
+        Duration::from_secs(60),
+        "the inbox to be emptied through the proxy",
+        || dovecot.messages("INBOX").is_empty(),
+    );
 }
 
 fn pipe(mut from: TcpStream, mut to: TcpStream, limit: usize, cut_on_move: bool) {
@@ -447,10 +394,12 @@ fn dropped_connections_mid_fetch_and_mid_move_change_nothing() {
         while body.len() < 2_000_000 {
             body.push_str("Annex: transaction records of the account under investigation.\n");
         }
-        let w = world();
-        let raw =
-            testkit::mail::message("officer@police.gi", "legal@ivpn.net", "Large annex", &body);
-        from_police_server(&signed(&raw, &w.keys.police, "police.gi", "s2026"))
+        genuine(&testkit::mail::message(
+            "officer@police.gi",
+            "legal@ivpn.net",
+            "Large annex",
+            &body,
+        ))
     };
     let small: Vec<Vec<u8>> = (0..5)
         .map(|i| police_request(&format!("Small {i}")))
@@ -461,17 +410,9 @@ fn dropped_connections_mid_fetch_and_mid_move_change_nothing() {
     }
     for (cut_after, cut_on_move) in [(600_000, false), (usize::MAX, true)] {
         let proxy = Proxy::start(dovecot.port, cut_after, cut_on_move, 2);
-        let imap = dovecot.imap_config("").replace(
-            &format!("port = {}", dovecot.port),
-            &format!("port = {}", proxy.port),
-        );
-        let install = Install::full(world().dns_addr(), &imap, "", "");
+        let install = proxy.install(&dovecot);
         let mut daemon = spawn_daemon(&install, &["run"]);
-        wait_for(
-            Duration::from_secs(60),
-            "the inbox to be emptied through the proxy",
-            || dovecot.messages("INBOX").is_empty(),
-        );
+        wait_for_empty_inbox(&dovecot);
         // A cut FETCH breaks the first two connections before anything is
         // filed; a cut MOVE breaks the one that did the work. Either way
         // the daemon comes back.
@@ -479,8 +420,7 @@ fn dropped_connections_mid_fetch_and_mid_move_change_nothing() {
         wait_for(Duration::from_secs(30), "the daemon to reconnect", || {
             proxy.connections.load(Ordering::SeqCst) >= needed
         });
-        signal(&daemon, "-TERM");
-        assert_eq!(daemon.wait().unwrap().code(), Some(0));
+        stop(&mut daemon);
         assert_eq!(
             install.count("SELECT count(*) FROM messages"),
             6,
@@ -506,7 +446,7 @@ fn dropped_connections_mid_fetch_and_mid_move_change_nothing() {
 #[test]
 fn sighup_reloads_the_configuration_and_keeps_the_old_one_when_invalid() {
     let dovecot = Dovecot::start();
-    let install = install(&dovecot, "poll_interval_secs = 300\n", "");
+    let install = Install::watching(&dovecot, "poll_interval_secs = 300\n", "");
     let original = std::fs::read_to_string(&install.config).unwrap();
     let mut daemon = spawn_daemon(&install, &["run"]);
     wait_for(Duration::from_secs(30), "the first pass", || {
@@ -521,6 +461,16 @@ fn sighup_reloads_the_configuration_and_keeps_the_old_one_when_invalid() {
             )
             .ok()
     };
+    // SIGHUP, then a German request: its decision once it is filed.
+    let reload_and_judge = |subject: &str, what: &str| {
+        signal(&daemon, "-HUP");
+        thread::sleep(Duration::from_millis(500));
+        dovecot.append("INBOX", &foreign_request(subject));
+        wait_for(Duration::from_secs(20), what, || {
+            decision_of(subject).is_some()
+        });
+        decision_of(subject)
+    };
 
     // A new agency, announced with SIGHUP while the daemon is in IDLE.
     std::fs::write(
@@ -528,40 +478,21 @@ fn sighup_reloads_the_configuration_and_keeps_the_old_one_when_invalid() {
         format!("{original}\n[[agency]]\nname = \"Bundeskriminalamt\"\ndomains = [\"bka.de\"]\n"),
     )
     .unwrap();
-    signal(&daemon, "-HUP");
-    thread::sleep(Duration::from_millis(500));
-    dovecot.append("INBOX", &foreign_request("After reload"));
-    wait_for(Duration::from_secs(20), "the first German request", || {
-        decision_of("After reload").is_some()
-    });
     assert_eq!(
-        decision_of("After reload").as_deref(),
+        reload_and_judge("After reload", "the first German request").as_deref(),
         Some("acknowledge"),
         "the new allowlist applies"
     );
 
     // An invalid file is refused and the running configuration kept.
     std::fs::write(&install.config, "[imap]\nhost = \n").unwrap();
-    signal(&daemon, "-HUP");
-    thread::sleep(Duration::from_millis(500));
-    dovecot.append("INBOX", &foreign_request("After a bad reload"));
-    wait_for(Duration::from_secs(20), "the second German request", || {
-        decision_of("After a bad reload").is_some()
-    });
     assert_eq!(
-        decision_of("After a bad reload").as_deref(),
+        reload_and_judge("After a bad reload", "the second German request").as_deref(),
         Some("acknowledge")
     );
 
-    signal(&daemon, "-TERM");
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
-    let mut log = String::new();
-    daemon
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut log)
-        .unwrap();
+    stop(&mut daemon);
+    let log = stderr_of(&mut daemon);
     assert!(log.contains("configuration reloaded"), "{log}");
     assert!(log.contains("new configuration refused"), "{log}");
 }
@@ -569,7 +500,7 @@ fn sighup_reloads_the_configuration_and_keeps_the_old_one_when_invalid() {
 #[test]
 fn check_config_connect_tries_every_server_one_line_each() {
     let dovecot = Dovecot::start();
-    let install = install(&dovecot, "", "");
+    let install = Install::watching(&dovecot, "", "");
     let out = install.run(&["check-config", "--connect"]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     // Nothing listens on the configured SMTP port: that check fails, the
@@ -615,24 +546,14 @@ fn check_config_connect_tries_every_server_one_line_each() {
 #[test]
 fn a_backlog_of_several_batches_is_filed_and_moved_exactly_once() {
     let dovecot = Dovecot::start();
-    let install = install(&dovecot, "", "");
+    let install = Install::watching(&dovecot, "", "");
     // Two batches (256 messages, then 45), with a copy of a message of
     // the first (UID 224) in the second: it is judged while the
     // original's batch is being committed, and must still be filed only
     // once.
-    let mail: Vec<Vec<u8>> = (0..300)
-        .map(|i| police_request(&format!("Backlog {i}")))
-        .collect();
-    for raw in &mail {
-        dovecot.append("INBOX", raw);
-    }
+    let mail = fill(&dovecot, "INBOX", 300, "Backlog");
     dovecot.append("INBOX", &mail[223]);
-    let out = install.run(&["run", "--once"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let log = install.run_once();
     assert!(dovecot.messages("INBOX").is_empty());
     assert_eq!(
         install.count("SELECT count(*) FROM messages"),
@@ -642,7 +563,6 @@ fn a_backlog_of_several_batches_is_filed_and_moved_exactly_once() {
     let processed = dovecot.messages("Processed");
     assert_eq!(processed.len(), 301, "both copies moved");
     assert_eq!(processed.iter().filter(|m| **m == mail[223]).count(), 2);
-    let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         log.matches("filing=new").count(),
         300,
@@ -654,7 +574,7 @@ fn a_backlog_of_several_batches_is_filed_and_moved_exactly_once() {
 #[test]
 fn the_daily_reply_cap_holds_within_one_batch_whatever_the_address_case() {
     let dovecot = Dovecot::start();
-    let install = install(&dovecot, "", "[limits]\nreplies_per_sender_per_day = 3\n");
+    let install = Install::watching(&dovecot, "", "[limits]\nreplies_per_sender_per_day = 3\n");
     // One fetch, one batch, one transaction: six requests from one
     // officer under three spellings of the address, two from a colleague.
     let spellings = [
@@ -674,12 +594,7 @@ fn the_daily_reply_cap_holds_within_one_batch_whatever_the_address_case() {
             &police_request_from("sergeant@police.gi", &format!("Warrant {i}")),
         );
     }
-    let out = install.run(&["run", "--once"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    install.run_once();
     assert_eq!(install.count("SELECT count(*) FROM cases"), 8);
     assert_eq!(
         install.count("SELECT count(*) FROM outbox WHERE lower(recipient) = 'officer@police.gi'"),
@@ -701,8 +616,7 @@ fn the_daily_reply_cap_holds_within_one_batch_whatever_the_address_case() {
         "INBOX",
         &police_request_from("officer@police.gi", "Order 6"),
     );
-    let out = install.run(&["run", "--once"]);
-    assert!(out.status.success());
+    install.run_once();
     assert_eq!(
         install.count("SELECT count(*) FROM outbox WHERE lower(recipient) = 'officer@police.gi'"),
         3
@@ -714,18 +628,9 @@ fn a_move_cut_while_the_next_batch_is_filed_still_commits_that_batch() {
     let dovecot = Dovecot::start();
     // Two batches (256, then 44): the first one's MOVE goes out while the
     // second is being filed, and the connection drops right after it.
-    let mail: Vec<Vec<u8>> = (0..300)
-        .map(|i| police_request(&format!("Pipelined {i}")))
-        .collect();
-    for raw in &mail {
-        dovecot.append("INBOX", raw);
-    }
+    let mail = fill(&dovecot, "INBOX", 300, "Pipelined");
     let proxy = Proxy::start(dovecot.port, usize::MAX, true, 1);
-    let imap = dovecot.imap_config("").replace(
-        &format!("port = {}", dovecot.port),
-        &format!("port = {}", proxy.port),
-    );
-    let install = Install::full(world().dns_addr(), &imap, "", "");
+    let install = proxy.install(&dovecot);
     let mut daemon = spawn_daemon(&install, &["run"]);
     // 300 log lines overflow a pipe: read them as they come.
     let mut stderr = daemon.stderr.take().unwrap();
@@ -734,13 +639,8 @@ fn a_move_cut_while_the_next_batch_is_filed_still_commits_that_batch() {
         stderr.read_to_string(&mut log).unwrap();
         log
     });
-    wait_for(
-        Duration::from_secs(60),
-        "the inbox to be emptied through the proxy",
-        || dovecot.messages("INBOX").is_empty(),
-    );
-    signal(&daemon, "-TERM");
-    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    wait_for_empty_inbox(&dovecot);
+    stop(&mut daemon);
     let log = reader.join().unwrap();
     assert!(
         proxy.connections.load(Ordering::SeqCst) >= 2,

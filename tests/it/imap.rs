@@ -312,21 +312,25 @@ async fn a_recreated_mailbox_has_a_new_uidvalidity() {
 // ---- Moving --------------------------------------------------------------------
 
 /// INBOX with the message to file and another client's message marked
-/// `\Deleted` (which only that client may expunge), Processed created, the
-/// session on INBOX. Returns (to file, other client's).
-async fn moving_world(d: &Dovecot, s: &mut Session) -> (u32, u32) {
+/// `\Deleted` (which only that client may expunge), Processed created, a
+/// session on INBOX that pretends the server lacks `without`. Returns
+/// (the session, to file, other client's).
+async fn moving_world(d: &Dovecot, without: &[Capability]) -> (Session, u32, u32) {
+    let mut s = connect(&d.imap("")).await;
+    for &c in without {
+        s.pretend_without(c);
+    }
     let ours = d.append("INBOX", &message(1));
     let theirs = d.append_with_flags("INBOX", "\\Deleted", &message(2));
     s.ensure_mailbox("Processed").await.unwrap();
     s.select("INBOX").await.unwrap();
-    (ours, theirs)
+    (s, ours, theirs)
 }
 
 #[tokio::test]
 async fn move_uid_uses_move() {
     let d = Dovecot::start();
-    let mut s = connect(&d.imap("")).await;
-    let (ours, theirs) = moving_world(&d, &mut s).await;
+    let (mut s, ours, theirs) = moving_world(&d, &[]).await;
 
     assert_eq!(
         s.move_uid(ours, "Processed").await.unwrap(),
@@ -347,10 +351,8 @@ async fn move_uid_uses_move() {
 #[tokio::test]
 async fn without_move_it_copies_and_expunges_only_that_uid() {
     let d = Dovecot::start();
-    let mut s = connect(&d.imap("")).await;
-    s.pretend_without(Capability::Move);
+    let (mut s, ours, theirs) = moving_world(&d, &[Capability::Move]).await;
     assert!(!s.has(Capability::Move));
-    let (ours, theirs) = moving_world(&d, &mut s).await;
     let later = d.append("INBOX", &message(3));
 
     assert_eq!(
@@ -374,10 +376,7 @@ async fn without_move_it_copies_and_expunges_only_that_uid() {
 #[tokio::test]
 async fn without_move_or_uidplus_it_copies_flags_and_leaves_the_message() {
     let d = Dovecot::start();
-    let mut s = connect(&d.imap("")).await;
-    s.pretend_without(Capability::Move);
-    s.pretend_without(Capability::Uidplus);
-    let (ours, theirs) = moving_world(&d, &mut s).await;
+    let (mut s, ours, theirs) = moving_world(&d, &[Capability::Move, Capability::Uidplus]).await;
 
     assert_eq!(
         s.move_uid(ours, "Processed").await.unwrap(),
@@ -427,6 +426,23 @@ async fn idling_session(d: &Dovecot) -> Session {
     s
 }
 
+/// IDLE for up to `secs` seconds or until `cancel` fires: the outcome and
+/// how long it took.
+async fn timed_idle(
+    s: &mut Session,
+    secs: u64,
+    cancel: &CancellationToken,
+) -> (Result<IdleOutcome, ImapError>, Duration) {
+    let start = Instant::now();
+    let outcome = s.idle(Duration::from_secs(secs), cancel).await;
+    (outcome, start.elapsed())
+}
+
+/// IDLE returned in under `secs` seconds.
+fn promptly(elapsed: Duration, secs: u64) {
+    assert!(elapsed < Duration::from_secs(secs), "{elapsed:?}");
+}
+
 #[tokio::test]
 async fn idle_wakes_when_mail_arrives() {
     let d = Dovecot::start();
@@ -435,20 +451,12 @@ async fn idle_wakes_when_mail_arrives() {
     let side = later(Duration::from_millis(300), move || {
         account.append("INBOX", &message(7));
     });
-    let start = Instant::now();
-    let outcome = s
-        .idle(Duration::from_secs(30), &CancellationToken::new())
-        .await
-        .unwrap();
+    let (outcome, elapsed) = timed_idle(&mut s, 30, &CancellationToken::new()).await;
     side.join().unwrap();
-    assert_eq!(outcome, IdleOutcome::NewData);
+    assert_eq!(outcome.unwrap(), IdleOutcome::NewData);
     // Dovecot holds notifications about half a second; 30 s would mean the
     // wake-up was missed.
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        start.elapsed()
-    );
+    promptly(elapsed, 10);
     // The session is back in the selected state and sees the message.
     assert_eq!(s.uids().await.unwrap().len(), 1);
 }
@@ -461,17 +469,9 @@ async fn idle_returns_at_once_for_mail_announced_while_busy() {
     d.append("INBOX", &message(2));
     // Any command lets Dovecot announce the new message.
     s.fetch(&[existing]).await.unwrap();
-    let start = Instant::now();
-    let outcome = s
-        .idle(Duration::from_secs(30), &CancellationToken::new())
-        .await
-        .unwrap();
-    assert_eq!(outcome, IdleOutcome::NewData);
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    let (outcome, elapsed) = timed_idle(&mut s, 30, &CancellationToken::new()).await;
+    assert_eq!(outcome.unwrap(), IdleOutcome::NewData);
+    promptly(elapsed, 5);
 }
 
 #[tokio::test]
@@ -484,14 +484,9 @@ async fn idle_returns_cancelled_when_the_token_fires() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         trigger.cancel();
     });
-    let start = Instant::now();
-    let outcome = s.idle(Duration::from_secs(30), &cancel).await.unwrap();
-    assert_eq!(outcome, IdleOutcome::Cancelled);
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
+    let (outcome, elapsed) = timed_idle(&mut s, 30, &cancel).await;
+    assert_eq!(outcome.unwrap(), IdleOutcome::Cancelled);
+    promptly(elapsed, 5);
     // IDLE was ended properly: the session still works.
     assert!(!s.noop().await.unwrap());
     // A token that has already fired returns at once.
@@ -505,13 +500,8 @@ async fn idle_returns_cancelled_when_the_token_fires() {
 async fn idle_times_out_when_nothing_happens() {
     let d = Dovecot::start();
     let mut s = idling_session(&d).await;
-    let start = Instant::now();
-    let outcome = s
-        .idle(Duration::from_secs(2), &CancellationToken::new())
-        .await
-        .unwrap();
-    assert_eq!(outcome, IdleOutcome::Timeout);
-    let elapsed = start.elapsed();
+    let (outcome, elapsed) = timed_idle(&mut s, 2, &CancellationToken::new()).await;
+    assert_eq!(outcome.unwrap(), IdleOutcome::Timeout);
     assert!(
         elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(8),
         "{elapsed:?}"
@@ -524,18 +514,11 @@ async fn idle_reports_a_server_shutdown_as_transient() {
     let d = Dovecot::start();
     let mut s = idling_session(&d).await;
     let side = later(Duration::from_millis(300), move || drop(d));
-    let start = Instant::now();
-    let e = s
-        .idle(Duration::from_secs(30), &CancellationToken::new())
-        .await
-        .expect_err("the server went away");
+    let (outcome, elapsed) = timed_idle(&mut s, 30, &CancellationToken::new()).await;
     side.join().unwrap();
+    let e = outcome.expect_err("the server went away");
     assert!(e.is_transient(), "{e}");
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        start.elapsed()
-    );
+    promptly(elapsed, 10);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,18 +17,7 @@ fn metrics_section(port: u16) -> String {
 
 /// Police mail whose key lookup times out: deferred, left in the inbox.
 fn deferred_request() -> Vec<u8> {
-    let w = world();
-    delivered(
-        &signed(
-            &request("officer@police.gi", "Preservation order"),
-            &w.keys.police,
-            "police.gi",
-            "slow",
-        ),
-        "gw.example",
-        STRANGER_IP,
-        "<officer@police.gi>",
-    )
+    through_gateway(&police_signed_with("slow", "Preservation order"))
 }
 
 /// Unsigned mail claiming the police's address, from a stranger's server.
@@ -121,14 +110,6 @@ fn get(port: u16, path: &str) -> Response {
     .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
-fn stderr_of(child: &mut Child) -> String {
-    let mut log = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        e.read_to_string(&mut log).unwrap();
-    }
-    log
-}
-
 /// Starts `run` with `[metrics]` on a free port and waits until the
 /// endpoint answers. A port taken by someone else between choosing and
 /// binding it is retried with another.
@@ -141,13 +122,9 @@ fn start_daemon(install: &Install, mut port: u16) -> (Child, u16) {
             format!("{}{}", &text[..start], metrics_section(port)),
         )
         .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_legal-intake"))
-            .arg("--config")
-            .arg(&install.config)
-            .arg("run")
-            .stdin(Stdio::null())
+        let mut child = install
+            .command(&["run"])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let started = Instant::now();
@@ -185,20 +162,10 @@ fn run_serves_counters_and_case_log_figures_and_survives_garbage() {
     // The section is rewritten with the real port by `start_daemon`.
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
-    let install = Install::full(
-        world().dns_addr(),
-        &dovecot.imap_config(""),
-        "",
-        &metrics_section(port),
-    );
+    let install = Install::watching(&dovecot, "", &metrics_section(port));
 
     // `run --once` serves nothing: it succeeds while the port is taken.
-    let once = install.run(&["run", "--once"]);
-    assert!(
-        once.status.success(),
-        "{}",
-        String::from_utf8_lossy(&once.stderr)
-    );
+    install.run_once();
     drop(held);
 
     let (mut daemon, port) = start_daemon(&install, port);
@@ -417,12 +384,7 @@ fn run_serves_counters_and_case_log_figures_and_survives_garbage() {
         1.0
     );
 
-    let ok = Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let status = daemon.wait().unwrap();
+    let status = terminate(&mut daemon);
     let log = stderr_of(&mut daemon);
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0: {log}");
     assert!(log.contains("metrics endpoint listening"), "{log}");
@@ -435,9 +397,7 @@ fn run_serves_counters_and_case_log_figures_and_survives_garbage() {
 #[test]
 fn check_config_refuses_a_remote_listener_unless_allowed() {
     let remote = Install::new("[metrics]\nlisten = \"0.0.0.0:9187\"\n");
-    let out = remote.run(&["check-config"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = remote.refused(&["check-config"]);
     assert!(stderr.contains("config.toml: metrics.listen: "), "{stderr}");
     assert!(stderr.contains("allow_remote = true"), "{stderr}");
 
@@ -455,9 +415,7 @@ fn check_config_refuses_a_remote_listener_unless_allowed() {
     );
 
     let garbled = Install::new("[metrics]\nlisten = \"9187\"\n");
-    let out = garbled.run(&["check-config"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = garbled.refused(&["check-config"]);
     assert!(stderr.contains("metrics.listen"), "{stderr}");
 }
 

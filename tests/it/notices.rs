@@ -5,10 +5,10 @@
 //! 127.0.0.1 (aiosmtpd, see `testkit::smtp_sink`), with the clock pinned by
 //! `LEGAL_INTAKE_NOW` and the local time zone by `TZ`.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
+use mail_auth::DkimResult;
 use rusqlite::Connection;
 use testkit::dkim::{KeyKind, generate};
 use testkit::dovecot::Dovecot;
@@ -48,7 +48,7 @@ struct Rig {
 impl Rig {
     fn new(sink: &Sink, extra: &str) -> Rig {
         let dovecot = Dovecot::start();
-        let install = Install::full(world().dns_addr(), &dovecot.imap_config(""), "", extra);
+        let install = Install::watching(&dovecot, "", extra);
         let text = std::fs::read_to_string(&install.config).unwrap();
         let text = text.replace("port = 2525", &format!("port = {}", sink.port));
         std::fs::write(&install.config, text).unwrap();
@@ -56,18 +56,8 @@ impl Rig {
     }
 
     fn command(&self, args: &[&str], now: Option<&str>, tz: &str) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_legal-intake"));
-        cmd.arg("--config").arg(&self.install.config).args(args);
-        cmd.env("USER", "mallory")
-            .env("SUDO_USER", SUDO_CALLER)
-            .env("TZ", tz);
-        match now {
-            Some(t) => cmd.env("LEGAL_INTAKE_NOW", t),
-            None => cmd.env_remove("LEGAL_INTAKE_NOW"),
-        };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut cmd = self.install.operator_command(args, now);
+        cmd.env("TZ", tz);
         cmd
     }
 
@@ -130,12 +120,15 @@ impl Rig {
     }
 
     fn texts(&self, sql: &str) -> Vec<String> {
-        let db = self.db();
-        let mut stmt = db.prepare(sql).unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+        self.install.texts(sql)
+    }
+
+    /// How many sends of outbox rows of `kind` the audit chain records.
+    fn sent(&self, kind: &str) -> i64 {
+        self.count(&format!(
+            "SELECT count(*) FROM events e JOIN outbox o ON o.id = json_extract(e.data, '$.outbox') \
+             WHERE e.kind = 'reply_sent' AND o.kind = '{kind}'"
+        ))
     }
 
     /// `audit verify`, with `--head` when given: (success, output).
@@ -168,12 +161,7 @@ Date: Mon, 02 Nov 2026 10:00:00 +0000\r\nMessage-ID: <notice-{}@police.gi>\r\nMI
 Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n{body}",
         std::process::id()
     );
-    from_police_server(&signed(
-        raw.as_bytes(),
-        &world().keys.police,
-        "police.gi",
-        "s2026",
-    ))
+    genuine(raw.as_bytes())
 }
 
 /// A received mail, parsed: (decoded subject, decoded plain-text body).
@@ -317,34 +305,17 @@ fn a_new_case_is_announced_to_every_address_with_its_facts_and_the_head_never_it
         ] {
             assert!(!n.text().contains(secret), "{secret} in\n{}", n.text());
         }
-        let (config, opts) = testkit::dns::resolver_config(world().dns_addr());
-        let auth = MessageAuthenticator::new(config, opts).unwrap();
-        let message = AuthenticatedMessage::parse(&n.data).unwrap();
-        let results: Vec<(String, DkimResult)> = tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(auth.verify_dkim(&message))
-            .iter()
-            .map(|o| {
-                (
-                    o.signature().map(|s| s.d.clone()).unwrap_or_default(),
-                    o.result().clone(),
-                )
-            })
-            .collect();
-        assert_eq!(results, vec![("ivpn.net".to_string(), DkimResult::Pass)]);
+        assert_eq!(
+            dkim_results(&n.data),
+            vec![("ivpn.net".to_string(), DkimResult::Pass)]
+        );
     }
     // Sent through the same queue, recorded like a reply, never twice.
     assert_eq!(
         rig.count("SELECT count(*) FROM outbox WHERE kind = 'notice' AND status = 'sent'"),
         2
     );
-    assert_eq!(
-        rig.count(
-            "SELECT count(*) FROM events e JOIN outbox o ON o.id = json_extract(e.data, '$.outbox') \
-             WHERE e.kind = 'reply_sent' AND o.kind = 'notice'"
-        ),
-        2
-    );
+    assert_eq!(rig.sent("notice"), 2);
     rig.once(T, "UTC");
     assert_eq!(sink.received().len(), 3);
     let shown = rig.ok(&["cases", "show", "LR-2026-0001"], T);
@@ -684,13 +655,7 @@ fn the_digest_is_queued_once_a_local_day_at_its_hour_and_lists_the_case_log() {
         rig.count("SELECT count(*) FROM events WHERE kind = 'digest_queued' AND case_id IS NULL"),
         6
     );
-    assert_eq!(
-        rig.count(
-            "SELECT count(*) FROM events e JOIN outbox o ON o.id = json_extract(e.data, '$.outbox') \
-             WHERE e.kind = 'reply_sent' AND o.kind = 'digest'"
-        ),
-        6
-    );
+    assert_eq!(rig.sent("digest"), 6);
     for head in [&heads[0], &head_in(&body)] {
         let (ok, text) = rig.audit(Some(head));
         assert!(ok, "{text}");

@@ -5,7 +5,7 @@
 //! the reply keys are published.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use legal_intake::config::DkimSigning;
 use legal_intake::reply::{self, Reply, ReplyKind, Templates};
 use legal_intake::signer::Signer;
-use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
+use mail_auth::DkimResult;
 use rusqlite::Connection;
 use testkit::dkim::{KeyKind, TestKey, generate};
 use testkit::dovecot::Dovecot;
@@ -89,10 +89,24 @@ struct Rig {
 impl Rig {
     fn new(smtp: &str, extra: &str) -> Rig {
         let dovecot = Dovecot::start();
-        let install = Install::full(world().dns_addr(), &dovecot.imap_config(""), "", extra);
+        let install = Install::watching(&dovecot, "", extra);
         let rig = Rig { dovecot, install };
         rig.set_smtp(smtp);
         rig
+    }
+
+    /// A rig sending to 127.0.0.1:`port`, with one police request filed.
+    fn with_order(port: u16) -> Rig {
+        let rig = Rig::new(&smtp(port, ""), "");
+        rig.ingest(&[police_request("Order")]);
+        rig
+    }
+
+    /// Starts a working SMTP server and sends to it from now on.
+    fn working_sink(&self) -> Sink {
+        let sink = Sink::start();
+        self.set_smtp(&smtp(sink.port, ""));
+        sink
     }
 
     /// Replaces the `[smtp]` section of the configuration.
@@ -110,7 +124,23 @@ impl Rig {
 
     /// Runs the binary with the clock at `now` (when given).
     fn run(&self, args: &[&str], now: Option<&str>) -> Output {
-        command(&self.install, args, now).output().unwrap()
+        self.install.operator_command(args, now).output().unwrap()
+    }
+
+    /// Starts the binary with the clock at `now` (when given).
+    fn spawn(&self, args: &[&str], now: Option<&str>) -> Child {
+        self.install.operator_command(args, now).spawn().unwrap()
+    }
+
+    /// A command that must succeed; its standard output.
+    fn ok(&self, args: &[&str], now: Option<&str>) -> String {
+        let out = self.run(args, now);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
     }
 
     /// `run --once` at `now`, which must succeed; returns its log.
@@ -148,7 +178,7 @@ impl Rig {
     }
 
     fn text(&self, sql: &str) -> String {
-        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+        self.install.value(sql)
     }
 
     /// (status, attempts, last_error, next_attempt_at) of outbox row 1.
@@ -164,14 +194,8 @@ impl Rig {
 
     /// The kinds of the events of case 1 about replies, in order.
     fn reply_events(&self) -> Vec<String> {
-        let db = self.db();
-        let mut stmt = db
-            .prepare("SELECT kind FROM events WHERE kind LIKE 'reply_%' ORDER BY id")
-            .unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+        self.install
+            .texts("SELECT kind FROM events WHERE kind LIKE 'reply_%' ORDER BY id")
     }
 
     fn audit_ok(&self) {
@@ -188,37 +212,6 @@ impl Rig {
         assert!(out.status.success());
         String::from_utf8_lossy(&out.stdout).to_string()
     }
-}
-
-fn command(install: &Install, args: &[&str], now: Option<&str>) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_legal-intake"));
-    cmd.arg("--config").arg(&install.config).args(args);
-    cmd.env("USER", "mallory").env("SUDO_USER", SUDO_CALLER);
-    match now {
-        Some(t) => cmd.env("LEGAL_INTAKE_NOW", t),
-        None => cmd.env_remove("LEGAL_INTAKE_NOW"),
-    };
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd
-}
-
-/// DKIM results of a received reply, verified against the test DNS.
-fn dkim_results(data: &[u8]) -> Vec<(String, DkimResult)> {
-    let (config, opts) = testkit::dns::resolver_config(world().dns_addr());
-    let auth = MessageAuthenticator::new(config, opts).unwrap();
-    let parsed = AuthenticatedMessage::parse(data).expect("a parsable reply");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(auth.verify_dkim(&parsed))
-        .iter()
-        .map(|o| {
-            (
-                o.signature().map(|s| s.d.clone()).unwrap_or_default(),
-                o.result().clone(),
-            )
-        })
-        .collect()
 }
 
 fn assert_signed_by_ivpn(r: &Received) {
@@ -255,24 +248,8 @@ fn acknowledgement_and_rejection_arrive_once_each_signed_threaded_and_to_the_fro
             .find(|r| r.text().contains(needle))
             .unwrap_or_else(|| panic!("no reply containing {needle:?}"))
     };
-    let request_ids: Vec<String> = {
-        let db = rig.db();
-        let mut stmt = db
-            .prepare("SELECT msgid FROM messages ORDER BY id")
-            .unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
-    let reply_ids: Vec<String> = {
-        let db = rig.db();
-        let mut stmt = db.prepare("SELECT msgid FROM outbox ORDER BY id").unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let request_ids = rig.install.texts("SELECT msgid FROM messages ORDER BY id");
+    let reply_ids = rig.install.texts("SELECT msgid FROM outbox ORDER BY id");
     for (i, (r, to, reference, subject)) in [
         (
             by_kind("not acceptance of service"),
@@ -496,14 +473,8 @@ fn a_subject_with_encoded_line_breaks_adds_no_header_to_the_reply() {
 fn automatic_requests_get_no_reply_and_the_reason_is_audited() {
     let sink = Sink::start();
     let rig = Rig::new(&smtp(sink.port, ""), "");
-    let w = world();
     let null_sender = delivered(
-        &signed(
-            &request("officer@police.gi", "Bounce"),
-            &w.keys.police,
-            "police.gi",
-            "s2026",
-        ),
+        &police_signed_with("s2026", "Bounce"),
         "mail.police.gi",
         POLICE_IP,
         "<>",
@@ -522,14 +493,11 @@ fn automatic_requests_get_no_reply_and_the_reason_is_audited() {
         3
     );
     // Each suppression is in the audit chain with its reason.
-    let db = rig.db();
-    let mut stmt = db
-        .prepare("SELECT data FROM events WHERE kind = 'verdict' ORDER BY id")
-        .unwrap();
-    let reasons: Vec<String> = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .map(|d| serde_json::from_str::<serde_json::Value>(&d.unwrap()).unwrap())
+    let reasons: Vec<String> = rig
+        .install
+        .texts("SELECT data FROM events WHERE kind = 'verdict' ORDER BY id")
+        .iter()
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
         .map(|v| {
             v["reply_suppressed"]
                 .as_str()
@@ -580,8 +548,7 @@ fn the_per_sender_daily_cap_holds() {
 #[test]
 fn the_bytes_sent_are_kept_and_exported_whatever_the_templates_say_later() {
     let sink = Sink::start();
-    let rig = Rig::new(&smtp(sink.port, ""), "");
-    rig.ingest(&[police_request("Order")]);
+    let rig = Rig::with_order(sink.port);
     rig.once(Some(T));
     let got = sink.wait_for(1, Duration::from_secs(10));
     // The acknowledgement's template changes after it went out.
@@ -598,7 +565,7 @@ fn the_bytes_sent_are_kept_and_exported_whatever_the_templates_say_later() {
     )
     .unwrap();
     let out_dir = rig.dir().join("bundle");
-    let out = rig.run(
+    rig.ok(
         &[
             "cases",
             "export",
@@ -607,11 +574,6 @@ fn the_bytes_sent_are_kept_and_exported_whatever_the_templates_say_later() {
             out_dir.to_str().unwrap(),
         ],
         Some(T),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let exported = std::fs::read(out_dir.join("out1-acknowledgement.eml")).unwrap();
     // As the server read it (which adds the line break before the dot).
@@ -638,8 +600,7 @@ fn the_bytes_sent_are_kept_and_exported_whatever_the_templates_say_later() {
 #[test]
 fn a_server_that_is_down_makes_the_reply_wait_and_later_deliver_exactly_once() {
     let port = crate::support::free_port();
-    let rig = Rig::new(&smtp(port, ""), "");
-    rig.ingest(&[police_request("Order")]);
+    let rig = Rig::with_order(port);
     let log = rig.once(Some(T));
     let (status, attempts, error, next) = rig.row();
     assert_eq!((status.as_str(), attempts), ("pending", 1), "{log}");
@@ -662,9 +623,7 @@ fn a_server_that_is_down_makes_the_reply_wait_and_later_deliver_exactly_once() {
 
     let sink = Sink::start_on(port);
     // The daemon respects the wait: at 10:01:30 the retry is not due.
-    let mut daemon = command(&rig.install, &["run"], Some("2026-11-02T10:01:30Z"))
-        .spawn()
-        .unwrap();
+    let mut daemon = rig.spawn(&["run"], Some("2026-11-02T10:01:30Z"));
     wait_for(Duration::from_secs(30), "the daemon's first pass", || {
         rig.dovecot.mailboxes().iter().any(|m| m == "Quarantine")
     });
@@ -673,9 +632,7 @@ fn a_server_that_is_down_makes_the_reply_wait_and_later_deliver_exactly_once() {
     assert!(sink.received().is_empty(), "sent before it was due");
     assert_eq!(rig.row().0, "pending");
     // At 10:03 it is: the daemon sends it without any new mail arriving.
-    let mut daemon = command(&rig.install, &["run"], Some("2026-11-02T10:03:00Z"))
-        .spawn()
-        .unwrap();
+    let mut daemon = rig.spawn(&["run"], Some("2026-11-02T10:03:00Z"));
     sink.wait_for(1, Duration::from_secs(30));
     stop(&mut daemon);
     let (status, attempts, _, _) = rig.row();
@@ -701,8 +658,7 @@ fn a_server_that_is_down_makes_the_reply_wait_and_later_deliver_exactly_once() {
 #[test]
 fn a_reply_not_accepted_for_5_days_fails_and_a_person_can_send_it_again() {
     let port = crate::support::free_port();
-    let rig = Rig::new(&smtp(port, ""), "");
-    rig.ingest(&[police_request("Order")]);
+    let rig = Rig::with_order(port);
     rig.once(Some("2026-11-07T09:59:00Z"));
     assert_eq!(rig.row().0, "pending", "not yet 5 days");
     rig.once(Some("2026-11-07T10:00:00Z"));
@@ -718,16 +674,10 @@ fn a_reply_not_accepted_for_5_days_fails_and_a_person_can_send_it_again() {
     rig.once(Some("2026-11-08T10:00:00Z"));
     assert_eq!(rig.row().1, 2);
 
-    let out = rig.run(
+    let said = rig.ok(
         &["cases", "resend", "LR-2026-0001", "--note", "server fixed"],
         Some("2026-11-09T08:00:00Z"),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.contains(&format!("failed → pending (by {})", operator())),
         "{said}"
@@ -742,8 +692,7 @@ fn a_reply_not_accepted_for_5_days_fails_and_a_person_can_send_it_again() {
 #[test]
 fn a_connection_dropped_after_the_content_is_sent_again_unchanged_then_waits_for_a_person() {
     let broken = Broken::start(Misbehaviour::CloseAfterContent);
-    let rig = Rig::new(&smtp(broken.port, ""), "");
-    rig.ingest(&[police_request("Order")]);
+    let rig = Rig::with_order(broken.port);
     // The server may have the reply each time: the same bytes go again,
     // MAX_AUTO_RESENDS (3) times, a minute, two, four apart ...
     let drains = [
@@ -802,12 +751,7 @@ fn a_connection_dropped_after_the_content_is_sent_again_unchanged_then_waits_for
     );
 
     // A person decides to send it again, now to a working server.
-    let out = rig.run(&["cases", "resend", "LR-2026-0001"], Some(T));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rig.ok(&["cases", "resend", "LR-2026-0001"], Some(T));
     assert_eq!(rig.row().0, "pending");
     let resend: (String, String) = rig
         .db()
@@ -819,8 +763,7 @@ fn a_connection_dropped_after_the_content_is_sent_again_unchanged_then_waits_for
         .unwrap();
     assert_eq!(resend.0, operator(), "the event names who decided");
     assert!(resend.1.contains("\"from\":\"unknown\""), "{}", resend.1);
-    let sink = Sink::start();
-    rig.set_smtp(&smtp(sink.port, ""));
+    let sink = rig.working_sink();
     rig.once(Some(T));
     let got = sink.wait_for(1, Duration::from_secs(10));
     assert_eq!(rig.row().0, "sent");
@@ -836,8 +779,7 @@ fn a_connection_dropped_after_the_content_is_sent_again_unchanged_then_waits_for
 #[test]
 fn a_connection_dropped_before_the_content_is_retried() {
     let broken = Broken::start(Misbehaviour::CloseAtData);
-    let rig = Rig::new(&smtp(broken.port, ""), "");
-    rig.ingest(&[police_request("Order")]);
+    let rig = Rig::with_order(broken.port);
     rig.once(Some(T));
     let (status, attempts, error, _) = rig.row();
     assert_eq!((status.as_str(), attempts), ("pending", 1), "{error:?}");
@@ -847,11 +789,8 @@ fn a_connection_dropped_before_the_content_is_retried() {
 #[test]
 fn a_process_killed_while_the_content_goes_out_is_followed_by_the_same_message() {
     let broken = Broken::start(Misbehaviour::HangAfterContent);
-    let rig = Rig::new(&smtp(broken.port, ""), "");
-    rig.ingest(&[police_request("Order")]);
-    let mut child = command(&rig.install, &["run", "--once"], Some(T))
-        .spawn()
-        .unwrap();
+    let rig = Rig::with_order(broken.port);
+    let mut child = rig.spawn(&["run", "--once"], Some(T));
     wait_for(
         Duration::from_secs(30),
         "the content to reach the server",
@@ -861,18 +800,12 @@ fn a_process_killed_while_the_content_goes_out_is_followed_by_the_same_message()
     child.wait().unwrap();
     assert_eq!(rig.row().0, "sending", "committed before the transaction");
     let started: Option<String> = rig
-        .db()
-        .query_row(
-            "SELECT content_started_at FROM outbox WHERE id = 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+        .install
+        .value("SELECT content_started_at FROM outbox WHERE id = 1");
     assert!(started.is_some(), "committed before the content went out");
     // The next run, at once (no lease to wait out: the process is gone),
     // sends the same bytes again.
-    let sink = Sink::start();
-    rig.set_smtp(&smtp(sink.port, ""));
+    let sink = rig.working_sink();
     let log = rig.once(Some(T));
     let got = sink.wait_for(1, Duration::from_secs(10));
     assert_eq!(rig.row().0, "sent", "{log}");
@@ -897,11 +830,8 @@ fn a_process_killed_while_the_content_goes_out_is_followed_by_the_same_message()
 #[test]
 fn a_process_killed_before_the_content_goes_out_is_simply_tried_again() {
     let broken = Broken::start(Misbehaviour::HangAtData);
-    let rig = Rig::new(&smtp(broken.port, ""), "");
-    rig.ingest(&[police_request("Order")]);
-    let mut child = command(&rig.install, &["run", "--once"], Some(T))
-        .spawn()
-        .unwrap();
+    let rig = Rig::with_order(broken.port);
+    let mut child = rig.spawn(&["run", "--once"], Some(T));
     wait_for(Duration::from_secs(30), "the DATA command", || {
         broken.connections.load(std::sync::atomic::Ordering::SeqCst) == 1
             && rig.row().0 == "sending"
@@ -910,8 +840,7 @@ fn a_process_killed_before_the_content_goes_out_is_simply_tried_again() {
     thread::sleep(Duration::from_millis(300));
     child.kill().unwrap();
     child.wait().unwrap();
-    let sink = Sink::start();
-    rig.set_smtp(&smtp(sink.port, ""));
+    let sink = rig.working_sink();
     let log = rig.once(Some(T));
     let got = sink.wait_for(1, Duration::from_secs(10));
     assert_eq!(got.len(), 1);
@@ -927,14 +856,7 @@ fn a_process_killed_before_the_content_goes_out_is_simply_tried_again() {
             "reply_sent"
         ]
     );
-    let retry: String = rig
-        .db()
-        .query_row(
-            "SELECT data FROM events WHERE kind = 'reply_retry'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let retry = rig.text("SELECT data FROM events WHERE kind = 'reply_retry'");
     assert!(retry.contains("before any content was sent"), "{retry}");
     rig.audit_ok();
 }
@@ -954,23 +876,16 @@ fn kill_9_while_replies_are_being_sent_loses_none_and_repeats_only_identical_byt
     let rig = Rig::new(&smtp(sink.port, ""), "");
     const N: usize = 12;
     let requests: Vec<Vec<u8>> = (0..N)
-        .map(|i| {
-            let raw = request(&format!("officer{i}@police.gi"), &format!("Order {i}"));
-            from_police_server(&signed(&raw, &world().keys.police, "police.gi", "s2026"))
-        })
+        .map(|i| police_request_from(&format!("officer{i}@police.gi"), &format!("Order {i}")))
         .collect();
     rig.ingest(&requests);
     // A fixed sequence of pseudo-random delays, so a failure reproduces.
     let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
     let mut kills = 0;
     for _ in 0..10 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let mut child = command(&rig.install, &["run", "--once"], Some(T))
-            .spawn()
-            .unwrap();
-        thread::sleep(Duration::from_millis(100 + seed % 500));
+        let delay = 100 + xorshift(&mut seed) % 500;
+        let mut child = rig.spawn(&["run", "--once"], Some(T));
+        thread::sleep(Duration::from_millis(delay));
         if child.try_wait().unwrap().is_none() {
             kills += 1;
         }

@@ -7,11 +7,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 
 use legal_intake::config::{self, Config};
+use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use rusqlite::Connection;
+use rusqlite::types::FromSql;
 use testkit::dkim::{KeyKind, SignOptions, TestKey, generate, sign};
 use testkit::dns::{DnsServer, Zone};
 use testkit::dovecot::Dovecot;
@@ -151,6 +153,17 @@ impl Install {
         )
     }
 
+    /// An installation watching `dovecot`; `imap_extra` goes into `[imap]`
+    /// and `extra` is appended.
+    pub fn watching(dovecot: &Dovecot, imap_extra: &str, extra: &str) -> Install {
+        Self::full(
+            world().dns_addr(),
+            &dovecot.imap_config(imap_extra),
+            "",
+            extra,
+        )
+    }
+
     /// An installation watching a real IMAP server: `imap` is the whole
     /// `[imap]` section (see `Dovecot::imap_config`).
     pub fn full(dns: SocketAddr, imap: &str, auth_extra: &str, extra: &str) -> Install {
@@ -208,20 +221,58 @@ domains = ["gibraltar.gov.gi"]
     }
 
     pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_legal-intake"));
-        cmd.arg("--config").arg(&self.config).args(args);
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut cmd = self.command(args);
+        if stdin.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
         let mut child = cmd.spawn().expect("run legal-intake");
         if let Some(input) = stdin {
             use std::io::Write;
             child.stdin.take().unwrap().write_all(input).unwrap();
         }
         child.wait_with_output().unwrap()
+    }
+
+    /// The binary with `--config` and the arguments: no input, its output
+    /// piped.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_legal-intake"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// [`Install::command`] as run through sudo by [`SUDO_CALLER`] with
+    /// `USER=mallory`, the clock at `now` when given.
+    pub fn operator_command(&self, args: &[&str], now: Option<&str>) -> Command {
+        let mut cmd = self.command(args);
+        cmd.env("USER", "mallory").env("SUDO_USER", SUDO_CALLER);
+        match now {
+            Some(t) => cmd.env("LEGAL_INTAKE_NOW", t),
+            None => cmd.env_remove("LEGAL_INTAKE_NOW"),
+        };
+        cmd
+    }
+
+    /// `run --once`, which must succeed; its log.
+    pub fn run_once(&self) -> String {
+        let out = self.run(&["run", "--once"]);
+        let log = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "run --once failed:\n{log}");
+        log
+    }
+
+    /// Runs the binary, which must exit 2 (a usage or configuration
+    /// error); its standard error.
+    pub fn refused(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        err
     }
 
     /// Writes a message file into the installation folder.
@@ -251,9 +302,24 @@ domains = ["gibraltar.gov.gi"]
         Connection::open(self.dir.path().join("cases.sqlite")).unwrap()
     }
 
+    /// The one value a query returns (the first column of its first row).
+    pub fn value<T: FromSql>(&self, sql: &str) -> T {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
     /// The one integer a query such as `SELECT count(*) ...` returns.
     pub fn count(&self, sql: &str) -> i64 {
-        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+        self.value(sql)
+    }
+
+    /// The first column of every row a query returns, as text.
+    pub fn texts(&self, sql: &str) -> Vec<String> {
+        let db = self.db();
+        let mut stmt = db.prepare(sql).unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 }
 
@@ -308,6 +374,28 @@ pub fn from_police_server(raw: &[u8]) -> Vec<u8> {
     delivered(raw, "mail.police.gi", POLICE_IP, "<officer@police.gi>")
 }
 
+/// Police mail relayed through a gateway that their SPF does not name.
+pub fn through_gateway(raw: &[u8]) -> Vec<u8> {
+    delivered(raw, "gw.example", STRANGER_IP, "<officer@police.gi>")
+}
+
+/// `raw` as the police send it: signed with their key (`s2026`) and
+/// delivered from their server.
+pub fn genuine(raw: &[u8]) -> Vec<u8> {
+    from_police_server(&signed(raw, &world().keys.police, "police.gi", "s2026"))
+}
+
+/// A request from officer@police.gi signed with the police key under
+/// `selector`, not yet delivered.
+pub fn police_signed_with(selector: &str, subject: &str) -> Vec<u8> {
+    signed(
+        &request("officer@police.gi", subject),
+        &world().keys.police,
+        "police.gi",
+        selector,
+    )
+}
+
 /// A genuine Royal Gibraltar Police request: DKIM-signed, delivered from
 /// their server.
 pub fn police_request(subject: &str) -> Vec<u8> {
@@ -320,7 +408,7 @@ pub fn police_request_with(subject: &str, headers: &[(&str, &str)]) -> Vec<u8> {
     for (name, value) in headers {
         raw = testkit::mail::with_header(&raw, name, value);
     }
-    from_police_server(&signed(&raw, &world().keys.police, "police.gi", "s2026"))
+    genuine(&raw)
 }
 
 /// A request claiming to be from the police, with no evidence: quarantined.
@@ -341,22 +429,12 @@ pub fn message_id(raw: &[u8]) -> String {
 /// A police request whose key server fails (SERVFAIL) and that has no
 /// SPF path to fall back on: deferred.
 pub fn unverifiable_request() -> Vec<u8> {
-    signed(
-        &request("officer@police.gi", "key server down"),
-        &world().keys.police,
-        "police.gi",
-        "broken",
-    )
+    police_signed_with("broken", "key server down")
 }
 
 /// [`police_request`] with another From (an address at police.gi).
 pub fn police_request_from(from: &str, subject: &str) -> Vec<u8> {
-    from_police_server(&signed(
-        &request(from, subject),
-        &world().keys.police,
-        "police.gi",
-        "s2026",
-    ))
+    genuine(&request(from, subject))
 }
 
 /// An authenticated request from a foreign agency (bka.de).
@@ -385,15 +463,63 @@ pub fn wait_for(limit: std::time::Duration, what: &str, mut cond: impl FnMut() -
     }
 }
 
-/// SIGTERM to a daemon started by a test, which must exit 0.
-pub fn stop(child: &mut Child) {
+/// Sends `sig` (such as `-HUP`) to a process started by a test.
+pub fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([sig, &child.id().to_string()])
         .status()
         .unwrap();
     assert!(ok.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+}
+
+/// SIGTERM to a daemon started by a test; how it exited.
+pub fn terminate(child: &mut Child) -> ExitStatus {
+    signal(child, "-TERM");
+    child.wait().unwrap()
+}
+
+/// SIGTERM to a daemon started by a test, which must exit 0.
+pub fn stop(child: &mut Child) {
+    assert_eq!(terminate(child).code(), Some(0), "SIGTERM exits 0");
+}
+
+/// All a child wrote to its piped standard error.
+pub fn stderr_of(child: &mut Child) -> String {
+    use std::io::Read;
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("standard error piped")
+        .read_to_string(&mut log)
+        .unwrap();
+    log
+}
+
+/// The next number of a fixed pseudo-random sequence (xorshift), so that
+/// a failure reproduces.
+pub fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+/// DKIM results of a received message, verified against the test DNS.
+pub fn dkim_results(data: &[u8]) -> Vec<(String, DkimResult)> {
+    let (config, opts) = testkit::dns::resolver_config(world().dns_addr());
+    let auth = MessageAuthenticator::new(config, opts).unwrap();
+    let parsed = AuthenticatedMessage::parse(data).expect("a parsable message");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(auth.verify_dkim(&parsed))
+        .iter()
+        .map(|o| {
+            (
+                o.signature().map(|s| s.d.clone()).unwrap_or_default(),
+                o.result().clone(),
+            )
+        })
+        .collect()
 }
 
 /// The caller a test's commands claim to have come through sudo from.

@@ -76,6 +76,21 @@ fn police_signed(subject: &str) -> Vec<u8> {
     )
 }
 
+/// A request from `from`, signed by and sent from freemail.example.
+fn via_freemail(from: &str) -> Vec<u8> {
+    delivered(
+        &signed(
+            &request(from, "x"),
+            &world().keys.other,
+            "freemail.example",
+            "sel",
+        ),
+        "mail.freemail.example",
+        STRANGER_IP,
+        "<tips@freemail.example>",
+    )
+}
+
 #[test]
 fn genuine_requests_are_acknowledged() {
     let w = world();
@@ -154,17 +169,12 @@ fn genuine_requests_are_acknowledged() {
         // A 1024-bit key is the smallest RFC 8301 allows.
         case(
             "rsa_1024",
-            delivered(
-                &signed(
-                    &request("officer@police.gi", "x"),
-                    &w.keys.police_1024,
-                    "police.gi",
-                    "k1024",
-                ),
-                "gw.example",
-                STRANGER_IP,
-                "<officer@police.gi>",
-            ),
+            through_gateway(&signed(
+                &request("officer@police.gi", "x"),
+                &w.keys.police_1024,
+                "police.gi",
+                "k1024",
+            )),
             "acknowledge",
             true,
             "dkim",
@@ -324,75 +334,48 @@ fn hostile_senders_are_quarantined() {
         ),
         case(
             "rsa_sha1",
-            delivered(
-                &sign(&request("officer@police.gi", "x"), &w.keys.police, &sha1),
-                "gw.example",
-                STRANGER_IP,
-                "<officer@police.gi>",
-            ),
+            through_gateway(&sign(
+                &request("officer@police.gi", "x"),
+                &w.keys.police,
+                &sha1,
+            )),
             "quarantine",
             false,
             "rsa-sha1",
         ),
         case(
             "rsa_512",
-            delivered(
-                &signed(
-                    &request("officer@police.gi", "x"),
-                    &w.keys.police_512,
-                    "police.gi",
-                    "k512",
-                ),
-                "gw.example",
-                STRANGER_IP,
-                "<officer@police.gi>",
-            ),
+            through_gateway(&signed(
+                &request("officer@police.gi", "x"),
+                &w.keys.police_512,
+                "police.gi",
+                "k512",
+            )),
             "quarantine",
             false,
             "512 bits is too short",
         ),
         case(
             "expired",
-            delivered(
-                &sign(&request("officer@police.gi", "x"), &w.keys.police, &expired),
-                "gw.example",
-                STRANGER_IP,
-                "<officer@police.gi>",
-            ),
+            through_gateway(&sign(
+                &request("officer@police.gi", "x"),
+                &w.keys.police,
+                &expired,
+            )),
             "quarantine",
             false,
             "expired",
         ),
         case(
             "revoked_key",
-            delivered(
-                &signed(
-                    &request("officer@police.gi", "x"),
-                    &w.keys.police,
-                    "police.gi",
-                    "revoked",
-                ),
-                "gw.example",
-                STRANGER_IP,
-                "<officer@police.gi>",
-            ),
+            through_gateway(&police_signed_with("revoked", "x")),
             "quarantine",
             false,
             "dkim signature of police.gi",
         ),
         case(
             "missing_key",
-            delivered(
-                &signed(
-                    &request("officer@police.gi", "x"),
-                    &w.keys.police,
-                    "police.gi",
-                    "nosuch",
-                ),
-                "gw.example",
-                STRANGER_IP,
-                "<officer@police.gi>",
-            ),
+            through_gateway(&police_signed_with("nosuch", "x")),
             "quarantine",
             false,
             "no key record",
@@ -443,20 +426,7 @@ fn hostile_senders_are_quarantined() {
         // A display name that imitates an agency is not evidence.
         case(
             "display_name",
-            delivered(
-                &signed(
-                    &request(
-                        "\"Royal Gibraltar Police <officer@police.gi>\" <tips@freemail.example>",
-                        "x",
-                    ),
-                    &w.keys.other,
-                    "freemail.example",
-                    "sel",
-                ),
-                "mail.freemail.example",
-                STRANGER_IP,
-                "<tips@freemail.example>",
-            ),
+            via_freemail("\"Royal Gibraltar Police <officer@police.gi>\" <tips@freemail.example>"),
             "reject",
             true,
             "freemail.example is not a gibraltar agency",
@@ -474,23 +444,7 @@ fn hostile_senders_are_quarantined() {
         ),
         ("quoted_at", "\"officer@police.gi\"@freemail.example"),
     ] {
-        cases.push(case(
-            name,
-            delivered(
-                &signed(
-                    &request(from, "x"),
-                    &w.keys.other,
-                    "freemail.example",
-                    "sel",
-                ),
-                "mail.freemail.example",
-                STRANGER_IP,
-                "<tips@freemail.example>",
-            ),
-            "quarantine",
-            false,
-            "",
-        ));
+        cases.push(case(name, via_freemail(from), "quarantine", false, ""));
     }
     let reports = check(&install, cases);
     let by_name = |n: &str| {
@@ -687,23 +641,10 @@ fn automatic_messages_get_no_reply() {
 
 #[test]
 fn dns_failures_defer() {
-    let w = world();
     let install = Install::new("");
     let mut body_changed = police_signed("x");
     body_changed.extend_from_slice(b"altered\r\n");
-    let signed_with = |selector: &str| {
-        delivered(
-            &signed(
-                &request("officer@police.gi", "x"),
-                &w.keys.police,
-                "police.gi",
-                selector,
-            ),
-            "gw.example",
-            STRANGER_IP,
-            "<officer@police.gi>",
-        )
-    };
+    let signed_with = |selector: &str| through_gateway(&police_signed_with(selector, "x"));
     let cases = vec![
         case(
             "key_timeout",
@@ -764,8 +705,7 @@ fn fifty_never_answering_keys_are_judged_within_one_lookup_timeout() {
     for n in 0..NEVER_ANSWERING_KEYS {
         raw = signed(&raw, &w.keys.police, "police.gi", &format!("slow{n}"));
     }
-    let raw = delivered(&raw, "gw.example", STRANGER_IP, "<officer@police.gi>");
-    let file = install.file("many.eml", &raw);
+    let file = install.file("many.eml", &through_gateway(&raw));
     let started = Instant::now();
     let r = install.verify(&[&file]);
     // Not a speed target: the lookups run at once, so the wait is one
@@ -798,17 +738,7 @@ fn the_budget_bounds_what_the_timeouts_do_not() {
     let w = world();
     let install =
         Install::with(w.dns_addr(), "time_budget_secs = 1", "").with_default_dns_timeout();
-    let raw = delivered(
-        &signed(
-            &request("officer@police.gi", "x"),
-            &w.keys.police,
-            "police.gi",
-            "slow",
-        ),
-        "gw.example",
-        STRANGER_IP,
-        "<officer@police.gi>",
-    );
+    let raw = through_gateway(&police_signed_with("slow", "x"));
     let r = install.verify(&[&install.file("slow.eml", &raw)]);
     assert_eq!(r["decision"], "defer");
     assert!(
@@ -824,12 +754,7 @@ fn the_budget_bounds_what_the_timeouts_do_not() {
 fn one_aligned_signature_among_many_still_verifies() {
     let w = world();
     let install = Install::with(w.dns_addr(), "max_signatures = 3", "");
-    let genuine = signed(
-        &request("officer@police.gi", "Signed by many"),
-        &w.keys.police,
-        "police.gi",
-        "s2026",
-    );
+    let genuine = police_signed_with("s2026", "Signed by many");
     // Ten unaligned signatures on top.
     let mut unaligned = genuine.clone();
     for _ in 0..10 {
@@ -847,7 +772,7 @@ fn one_aligned_signature_among_many_still_verifies() {
         .map(|(raw, name)| {
             case(
                 name,
-                delivered(&raw, "gw.example", STRANGER_IP, "<officer@police.gi>"),
+                through_gateway(&raw),
                 "acknowledge",
                 true,
                 "dkim signature of police.gi verified",
@@ -870,20 +795,12 @@ fn examination_stops_at_the_first_aligned_pass() {
     let install = Install::new("");
     // A genuine signature below one whose key never answers.
     let raw = signed(
-        &signed(
-            &request("officer@police.gi", "x"),
-            &w.keys.police,
-            "police.gi",
-            "s2026",
-        ),
+        &police_signed_with("s2026", "x"),
         &w.keys.police,
         "police.gi",
         "slow",
     );
-    let r = install.verify(&[&install.file(
-        "two.eml",
-        &delivered(&raw, "gw.example", STRANGER_IP, "<officer@police.gi>"),
-    )]);
+    let r = install.verify(&[&install.file("two.eml", &through_gateway(&raw))]);
     assert_eq!(r["decision"], "acknowledge", "{r}");
     assert_eq!(r["dkim"][0]["selector"], "slow");
     assert_eq!(r["dkim"][0]["result"], "none");
@@ -905,24 +822,13 @@ fn signatures_and_keys_are_held_to_their_own_restrictions() {
     without_from.headers = ["To", "Subject", "Date", "Message-ID"]
         .map(String::from)
         .to_vec();
-    let from_police_ip =
-        |raw: &[u8]| delivered(raw, "mail.police.gi", POLICE_IP, "<officer@police.gi>");
-    let with_selector = |selector: &str| {
-        signed(
-            &request("officer@police.gi", "x"),
-            &w.keys.police,
-            "police.gi",
-            selector,
-        )
-    };
-    let from_stranger =
-        |raw: &[u8]| delivered(raw, "gw.example", STRANGER_IP, "<officer@police.gi>");
+    let with_selector = |selector: &str| police_signed_with(selector, "x");
     let cases = vec![
         // The From header is not signed: the signature is ignored, and
         // as an aligned broken signature it outweighs an SPF pass.
         case(
             "from_not_signed",
-            from_police_ip(&sign(
+            from_police_server(&sign(
                 &request("officer@police.gi", "x"),
                 &w.keys.police,
                 &without_from,
@@ -935,14 +841,14 @@ fn signatures_and_keys_are_held_to_their_own_restrictions() {
         // decides.
         case(
             "testing_key_spf_pass",
-            from_police_ip(&with_selector("testing")),
+            from_police_server(&with_selector("testing")),
             "acknowledge",
             true,
             "spf pass",
         ),
         case(
             "testing_key_spf_fail",
-            from_stranger(&with_selector("testing")),
+            through_gateway(&with_selector("testing")),
             "quarantine",
             false,
             "",
@@ -950,14 +856,14 @@ fn signatures_and_keys_are_held_to_their_own_restrictions() {
         // A key for another service, a key that excludes SHA-256.
         case(
             "key_not_for_email",
-            from_police_ip(&with_selector("nomail")),
+            from_police_server(&with_selector("nomail")),
             "quarantine",
             false,
             "not for e-mail",
         ),
         case(
             "key_without_sha256",
-            from_police_ip(&with_selector("sha1only")),
+            from_police_server(&with_selector("sha1only")),
             "quarantine",
             false,
             "sha256",
@@ -965,7 +871,7 @@ fn signatures_and_keys_are_held_to_their_own_restrictions() {
         // An underscore inside the selector is looked up, not deferred.
         case(
             "underscore_in_selector",
-            from_stranger(&with_selector("sel_1")),
+            through_gateway(&with_selector("sel_1")),
             "acknowledge",
             true,
             "dkim signature of police.gi verified",
@@ -975,7 +881,7 @@ fn signatures_and_keys_are_held_to_their_own_restrictions() {
         // never defers the message).
         case(
             "trailing_dot_in_d",
-            from_police_ip(&signed(
+            from_police_server(&signed(
                 &request("officer@police.gi", "x"),
                 &w.keys.police,
                 "police.gi.",
@@ -987,7 +893,7 @@ fn signatures_and_keys_are_held_to_their_own_restrictions() {
         ),
         case(
             "empty_label_in_s",
-            from_stranger(&with_selector("s2026.")),
+            through_gateway(&with_selector("s2026.")),
             "quarantine",
             false,
             "",
@@ -995,7 +901,7 @@ fn signatures_and_keys_are_held_to_their_own_restrictions() {
         // The key is found among other TXT records at its name.
         case(
             "key_among_other_records",
-            from_stranger(&with_selector("multi")),
+            through_gateway(&with_selector("multi")),
             "acknowledge",
             true,
             "dkim signature of police.gi verified",
