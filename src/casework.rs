@@ -7,6 +7,8 @@
 //! actor (the Unix user, `cmd::cases::operator`, or the board's account,
 //! `web:NAME`) and the time. The status rules are `case::Status::next`.
 
+use std::str::FromStr;
+
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -36,18 +38,45 @@ pub enum Refused {
     NothingToResend(Reference),
 }
 
-/// The changes `cases set` asks for.
-#[derive(Debug, Clone, Default)]
+/// The changes `cases set` asks for (its options, and the board's forms).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Changes {
+    /// When the duplicate hard copy was served in person (`none` clears).
+    #[arg(long, value_name = "DATE", value_parser = crate::case::parse_date_setting)]
     pub hard_copy_served: Option<DateSetting>,
+    /// Whether the user may be notified under the legal process.
+    #[arg(long, value_name = "permitted|prohibited|unknown", value_parser = UserNotice::from_str)]
     pub user_notice: Option<UserNotice>,
+    /// Until when notice is prohibited (with `--user-notice prohibited`).
+    #[arg(long, value_name = "DATE", value_parser = crate::case::parse_date_setting, requires = "user_notice")]
     pub until: Option<DateSetting>,
+    /// When the user was told of the request (`none` clears); ends the
+    /// reminders to tell them.
+    #[arg(long, value_name = "DATE", value_parser = crate::case::parse_date_setting)]
     pub user_notified: Option<DateSetting>,
+    /// The response deadline (`none` clears).
+    #[arg(long, value_name = "DATE", value_parser = crate::case::parse_date_setting)]
     pub deadline: Option<DateSetting>,
+    /// Correct the request kind read by triage.
+    #[arg(long, value_name = "KIND", value_parser = parse_kind)]
     pub kind: Option<RequestKind>,
+    /// Set or clear the emergency flag (yes or no).
+    #[arg(long, value_name = "yes|no", hide_possible_values = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub emergency: Option<bool>,
+    /// How the request ended, for `cases stats` (`none` clears).
+    #[arg(long, value_name = "data_produced|none_held|challenged", value_parser = crate::case::parse_outcome_setting)]
     pub outcome: Option<OutcomeSetting>,
+    /// A note, recorded with the changes (or alone).
+    #[arg(long, value_name = "TEXT")]
     pub note: Option<String>,
+}
+
+/// Parses a [`RequestKind`] (for clap).
+fn parse_kind(s: &str) -> Result<RequestKind, String> {
+    RequestKind::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = RequestKind::ALL.iter().map(|k| k.as_str()).collect();
+        format!("`{s}` is not a request kind; one of: {}", all.join(", "))
+    })
 }
 
 impl Changes {

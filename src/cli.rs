@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::accounts::Role;
-use crate::case::{self, DateSetting, OutcomeSetting, Reference, Status, UserNotice};
+use crate::case::{Reference, Status};
+use crate::casework::Changes;
 use crate::config;
-use crate::triage::RequestKind;
 
 #[derive(Parser)]
 #[command(
@@ -123,34 +123,8 @@ pub enum CasesCommand {
     Set {
         #[arg(value_name = "ID", value_parser = parse_reference)]
         id: Reference,
-        /// When the duplicate hard copy was served in person (`none` clears).
-        #[arg(long, value_name = "DATE", value_parser = case::parse_date_setting)]
-        hard_copy_served: Option<DateSetting>,
-        /// Whether the user may be notified under the legal process.
-        #[arg(long, value_name = "permitted|prohibited|unknown", value_parser = parse_user_notice)]
-        user_notice: Option<UserNotice>,
-        /// Until when notice is prohibited (with `--user-notice prohibited`).
-        #[arg(long, value_name = "DATE", value_parser = case::parse_date_setting, requires = "user_notice")]
-        until: Option<DateSetting>,
-        /// When the user was told of the request (`none` clears); ends the
-        /// reminders to tell them.
-        #[arg(long, value_name = "DATE", value_parser = case::parse_date_setting)]
-        user_notified: Option<DateSetting>,
-        /// The response deadline (`none` clears).
-        #[arg(long, value_name = "DATE", value_parser = case::parse_date_setting)]
-        deadline: Option<DateSetting>,
-        /// Correct the request kind read by triage.
-        #[arg(long, value_name = "KIND", value_parser = parse_kind)]
-        kind: Option<RequestKind>,
-        /// Set or clear the emergency flag (yes or no).
-        #[arg(long, value_name = "yes|no", hide_possible_values = true, value_parser = clap::builder::BoolishValueParser::new())]
-        emergency: Option<bool>,
-        /// How the request ended, for `cases stats` (`none` clears).
-        #[arg(long, value_name = "data_produced|none_held|challenged", value_parser = case::parse_outcome_setting)]
-        outcome: Option<OutcomeSetting>,
-        /// A note, recorded with the changes (or alone).
-        #[arg(long, value_name = "TEXT")]
-        note: Option<String>,
+        #[command(flatten)]
+        changes: Changes,
     },
     /// Release a quarantined request confirmed out of band: the case moves
     /// to under_review and an acknowledgement is queued to its requester.
@@ -256,17 +230,6 @@ fn parse_reference(s: &str) -> Result<Reference, String> {
 
 fn parse_status(s: &str) -> Result<Status, String> {
     s.parse()
-}
-
-fn parse_user_notice(s: &str) -> Result<UserNotice, String> {
-    s.parse()
-}
-
-fn parse_kind(s: &str) -> Result<RequestKind, String> {
-    RequestKind::parse(s).ok_or_else(|| {
-        let all: Vec<&str> = RequestKind::ALL.iter().map(|k| k.as_str()).collect();
-        format!("`{s}` is not a request kind; one of: {}", all.join(", "))
-    })
 }
 
 /// The clap command, for the man page and completions.

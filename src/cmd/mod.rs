@@ -16,7 +16,7 @@ pub mod input;
 pub mod users;
 pub mod verify;
 
-use crate::casework::{self, Changes, UsageError};
+use crate::casework::{self, UsageError};
 use crate::cli::{AuditCommand, CasesCommand, Cli, Command, UsersCommand};
 use crate::clock::{self, Clock};
 use crate::config::{self, Config};
@@ -160,29 +160,7 @@ pub fn run(cli: Cli) -> Result<Exit, Failure> {
                     )?;
                     println!("{line}");
                 }
-                CasesCommand::Set {
-                    id,
-                    hard_copy_served,
-                    user_notice,
-                    until,
-                    user_notified,
-                    deadline,
-                    kind,
-                    emergency,
-                    outcome,
-                    note,
-                } => {
-                    let changes = Changes {
-                        hard_copy_served,
-                        user_notice,
-                        until,
-                        user_notified,
-                        deadline,
-                        kind,
-                        emergency,
-                        outcome,
-                        note,
-                    };
+                CasesCommand::Set { id, changes } => {
                     for line in casework::set(&mut store, id, &changes, &cases::operator(), clock)?
                     {
                         println!("{line}");
