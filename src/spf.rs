@@ -427,8 +427,7 @@ impl<'a> Eval<'a> {
                 self.decided_by = format!("{domain}: no mechanism matched");
                 return Ok(SpfResult::Neutral);
             };
-            self.count_dns_term()?;
-            let Some(target) = self.target(target, &domain).await else {
+            let Some(target) = self.dns_term(Some(target), &domain).await? else {
                 return Err(Stop::Perm(format!(
                     "{domain}: the redirect= target is not a domain name"
                 )));
@@ -460,8 +459,7 @@ impl<'a> Eval<'a> {
                     v4,
                     v6,
                 } => {
-                    self.count_dns_term()?;
-                    let Some(target) = self.target_or(spec.as_ref(), domain).await else {
+                    let Some(target) = self.dns_term(spec.as_ref(), domain).await? else {
                         return Ok(false);
                     };
                     let found = self.addresses(&target).await?;
@@ -475,8 +473,7 @@ impl<'a> Eval<'a> {
                     v4,
                     v6,
                 } => {
-                    self.count_dns_term()?;
-                    let Some(target) = self.target_or(spec.as_ref(), domain).await else {
+                    let Some(target) = self.dns_term(spec.as_ref(), domain).await? else {
                         return Ok(false);
                     };
                     let exchanges = self.lookup(&target, Kind::Mx).await?;
@@ -507,8 +504,7 @@ impl<'a> Eval<'a> {
                     Ok(false)
                 }
                 Mechanism::Ptr(spec) => {
-                    self.count_dns_term()?;
-                    let Some(target) = self.target_or(spec.as_ref(), domain).await else {
+                    let Some(target) = self.dns_term(spec.as_ref(), domain).await? else {
                         return Ok(false);
                     };
                     let (names, void) = self.ptr_names().await;
@@ -523,8 +519,7 @@ impl<'a> Eval<'a> {
                     Ok(false)
                 }
                 Mechanism::Exists(spec) => {
-                    self.count_dns_term()?;
-                    let Some(target) = self.target(spec, domain).await else {
+                    let Some(target) = self.dns_term(Some(spec), domain).await? else {
                         return Ok(false);
                     };
                     // §5.7: an A lookup whatever the client's family.
@@ -535,8 +530,7 @@ impl<'a> Eval<'a> {
                     Ok(!found.is_empty())
                 }
                 Mechanism::Include(spec) => {
-                    self.count_dns_term()?;
-                    let Some(target) = self.target(spec, domain).await else {
+                    let Some(target) = self.dns_term(Some(spec), domain).await? else {
                         return Err(Stop::Perm(format!(
                             "{domain}: an include: target is not a domain name"
                         )));
@@ -672,6 +666,17 @@ impl<'a> Eval<'a> {
     }
 
     /// The target name of a term: its domain-spec expanded, or `domain`.
+    /// A DNS-querying term begins: it is counted (§4.6.4), then its target
+    /// is `spec` expanded, or `domain` when it names none.
+    async fn dns_term(
+        &mut self,
+        spec: Option<&MacroString>,
+        domain: &str,
+    ) -> Result<Option<String>, Stop> {
+        self.count_dns_term()?;
+        Ok(self.target_or(spec, domain).await)
+    }
+
     async fn target_or(&mut self, spec: Option<&MacroString>, domain: &str) -> Option<String> {
         match spec {
             Some(spec) => self.target(spec, domain).await,
