@@ -98,6 +98,18 @@ pub enum Anomaly {
     Oversized { size: usize, limit: usize },
     #[error("no header section")]
     NoHeaders,
+    /// A line in the header section that is neither a field (`Name:`) nor
+    /// the continuation of one (RFC 5322 §2.2). Parsers disagree on what
+    /// follows such a line, so a signature or header after it could be
+    /// seen by one reader and not by another.
+    #[error("header line {line} is neither a header field nor a continuation of one")]
+    MalformedHeaderLine { line: usize },
+    /// The header fields as mail-parser delimited them are not the fields
+    /// the lines make (it has been seen to swallow the field after a
+    /// `Date` with a one-letter zone): what it read is not what DKIM
+    /// verified, so none of it is relied on.
+    #[error("the header fields cannot be read unambiguously (field {field} is read two ways)")]
+    MisreadHeaders { field: usize },
 }
 
 impl Inbound {
@@ -149,6 +161,11 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
         raw
     };
 
+    let fields = field_starts(view);
+    if let Err(line) = fields {
+        anomalies.push(Anomaly::MalformedHeaderLine { line });
+    }
+
     let mut inbound = Inbound {
         sha256,
         size: raw.len(),
@@ -172,6 +189,17 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
             return inbound;
         }
     };
+    if let Ok(starts) = &fields {
+        let read = headers.iter().map(|h| h.offset_field as usize);
+        let differs = starts.iter().copied().zip(read).position(|(a, b)| a != b);
+        if let Some(field) =
+            differs.or((starts.len() != headers.len()).then(|| starts.len().min(headers.len())))
+        {
+            inbound
+                .anomalies
+                .push(Anomaly::MisreadHeaders { field: field + 1 });
+        }
+    }
 
     let mut froms: Vec<&HeaderValue> = Vec::new();
     let mut from_raw = None;
@@ -258,6 +286,41 @@ pub fn parse_hashed(raw: &[u8], sha256: String, max_message_bytes: usize) -> Inb
 
 /// The bytes up to and including the blank line that ends the header
 /// section (or everything, when there is none).
+/// Where each field of the header section starts (up to its first empty
+/// line), or the first line (counted from 1) that is neither a field, a
+/// name of printable ASCII other than `:` and then `:` (white space before
+/// it is the obsolete syntax of RFC 5322 §4.5), nor a continuation starting
+/// with white space after one.
+fn field_starts(raw: &[u8]) -> Result<Vec<usize>, usize> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    for (i, line) in raw.split(|&b| b == b'\n').enumerate() {
+        let start = at;
+        at += line.len() + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if matches!(line[0], b' ' | b'\t') && i > 0 {
+            continue;
+        }
+        let name_len = line
+            .iter()
+            .position(|&b| !(b'!'..=b'~').contains(&b) || b == b':')
+            .unwrap_or(line.len());
+        let field = name_len > 0
+            && line[name_len..]
+                .iter()
+                .find(|&&b| !matches!(b, b' ' | b'\t'))
+                .is_some_and(|&b| b == b':');
+        if !field {
+            return Err(i + 1);
+        }
+        starts.push(start);
+    }
+    Ok(starts)
+}
+
 fn header_section(raw: &[u8]) -> &[u8] {
     let end = raw
         .windows(4)
@@ -535,6 +598,73 @@ mod tests {
             "Subject: EMERGENCY\r\nFrom: a@police.gi\r\nsubject: x\r\nIn-Reply-To: <1@p.gi>\r\nIn-Reply-To: <2@p.gi>\r\nIn-Reply-To: <3@p.gi>\r\n\r\nb\r\n",
         );
         assert_eq!(twice.repeated, [("Subject", 2), ("In-Reply-To", 3)]);
+    }
+
+    #[test]
+    fn a_header_line_that_is_no_field_is_an_anomaly() {
+        let line = |raw: &str| {
+            parse_str(raw).anomalies.iter().find_map(|a| match a {
+                Anomaly::MalformedHeaderLine { line } => Some(*line),
+                _ => None,
+            })
+        };
+        // Well formed: folded values, obsolete white space before the
+        // colon, bare LF endings, a body that is anything at all.
+        for good in [
+            "From: a@police.gi\r\nSubject: x\r\n\ty\r\n  z\r\n\r\nX-Note\r\nno colon\r\n",
+            "From: a@police.gi\nSubject : x\nX-Empty:\n\nbody\n",
+            "From: a@police.gi\r\n",
+        ] {
+            assert_eq!(line(good), None, "{good:?}");
+        }
+        for (bad, at) in [
+            // A name without a colon, hiding what follows from one parser.
+            (
+                "From: a@police.gi\r\nX-Note\r\nDKIM-Signature: v=1\r\n\r\nb\r\n",
+                2,
+            ),
+            // A continuation with nothing to continue.
+            (" folded: x\r\nFrom: a@police.gi\r\n\r\nb\r\n", 1),
+            // An mbox separator, a name with a space, a control character.
+            (
+                "From a@police.gi Mon Nov  2 10:00:00 2026\nFrom: a@police.gi\n\nb\n",
+                1,
+            ),
+            ("From: a@police.gi\r\nX Bad: y\r\n\r\nb\r\n", 2),
+            ("From: a@police.gi\r\nX\x01: y\r\n\r\nb\r\n", 2),
+            ("From: a@police.gi\r\n: no name\r\n\r\nb\r\n", 2),
+            // No empty line: what follows the fields is not a field.
+            ("From: a@police.gi\r\nSubject: x\r\nDear IVPN,\r\n", 3),
+        ] {
+            assert_eq!(line(bad), Some(at), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn fields_mail_parser_delimits_otherwise_are_an_anomaly() {
+        let misread = |raw: &str| {
+            parse_str(raw).anomalies.iter().find_map(|a| match a {
+                Anomaly::MisreadHeaders { field } => Some(*field),
+                _ => None,
+            })
+        };
+        let message = |zone: &str| {
+            format!(
+                "Date: Mon, 2 Nov 2026 09:58:12 {zone}\r\nFrom: officer@police.gi\r\nSubject: x\r\n\r\nb\r\n"
+            )
+        };
+        for zone in ["+0000", "GMT", "UT", "EST", "+0000 (GMT)", "foo"] {
+            assert_eq!(misread(&message(zone)), None, "{zone}");
+        }
+        // A one-letter (military) zone: mail-parser reads the From line as
+        // part of the Date, so the From it reports is not the one signed.
+        for zone in ["Z", "A", "z"] {
+            assert_eq!(misread(&message(zone)), Some(2), "{zone}");
+        }
+        assert_eq!(
+            misread("From: a@police.gi\nSubject : x\n\tfolded\n\nb\n"),
+            None
+        );
     }
 
     fn check_from(from_lines: &str, expected: Result<&str, SenderProblem>) {

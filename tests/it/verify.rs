@@ -66,6 +66,53 @@ fn check(install: &Install, cases: Vec<Case>) -> Vec<Value> {
     reports
 }
 
+/// `raw` with its DKIM-Signature field (and its folded lines) moved to
+/// the end of the header section, below a line `X-Note` with no colon.
+fn hidden_below_a_colonless_line(raw: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8(raw.to_vec()).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let (mut signature, mut rest) = (String::new(), String::new());
+    let mut in_signature = false;
+    for line in head.split("\r\n") {
+        if !line.starts_with([' ', '\t']) {
+            in_signature = line.to_ascii_lowercase().starts_with("dkim-signature:");
+        }
+        let to = if in_signature {
+            &mut signature
+        } else {
+            &mut rest
+        };
+        to.push_str(line);
+        to.push_str("\r\n");
+    }
+    assert!(!signature.is_empty(), "a signed message");
+    format!("{rest}X-Note\r\n{signature}\r\n{body}").into_bytes()
+}
+
+/// `top` and then `raw`'s header section with a `Date` whose zone is one
+/// letter before each of its From, Subject and Message-ID fields, and its
+/// own (signed) Date last, so that DKIM still verifies.
+fn behind_one_letter_zones(raw: &[u8], top: &str) -> Vec<u8> {
+    let text = String::from_utf8(raw.to_vec()).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut out = top.to_string();
+    let mut date = String::new();
+    for line in head.split("\r\n") {
+        let name = line.split(':').next().unwrap().to_ascii_lowercase();
+        if name == "date" {
+            date = format!("{line}\r\n");
+            continue;
+        }
+        if ["from", "subject", "message-id"].contains(&name.as_str()) {
+            out.push_str("Date: Mon, 2 Nov 2026 09:58:12 Z\r\n");
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    assert!(!date.is_empty(), "a dated message");
+    format!("{out}{date}\r\n{body}").into_bytes()
+}
+
 fn police_signed(subject: &str) -> Vec<u8> {
     let w = world();
     signed(
@@ -324,6 +371,31 @@ fn hostile_senders_are_quarantined() {
             "quarantine",
             false,
             "body hash",
+        ),
+        // The same broken signature moved below a header line without a
+        // colon: mail-auth's reader stopped there and saw no signature, so
+        // the SPF pass alone acknowledged it. Such a line is malformed.
+        case(
+            "signature_hidden_below_a_line_without_a_colon",
+            from_police_server(&hidden_below_a_colonless_line(&body_changed)),
+            "quarantine",
+            false,
+            "neither a header field",
+        ),
+        // A genuine signed message (here one the police sent elsewhere)
+        // under the attacker's own From, Subject and Message-ID, each of
+        // the signed fields behind a Date with a one-letter zone: mail-parser
+        // read each such Date as swallowing the next line, so it saw one
+        // From (the attacker's) while DKIM verified the signed one below.
+        case(
+            "signed_fields_hidden_behind_one_letter_zones",
+            through_gateway(&behind_one_letter_zones(
+                &police_signed("Re: your enquiry"),
+                "From: Chief Constable <chief@police.gi>\r\nSubject: EMERGENCY disclosure\r\nMessage-ID: <forged-1@police.gi>\r\n",
+            )),
+            "quarantine",
+            false,
+            "read two ways",
         ),
         case(
             "appended_beyond_l",
