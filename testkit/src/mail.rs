@@ -68,28 +68,48 @@ pub fn with_header(msg: &[u8], name: &str, value: &str) -> Vec<u8> {
     out
 }
 
-/// Returns `msg` with every `name` header (its folded lines too) taken out
-/// of the header section and `name: value` prepended: for a header a
-/// message may carry only once, such as `Message-ID`.
-pub fn replacing_header(msg: &[u8], name: &str, value: &str) -> Vec<u8> {
+/// The header fields of `msg`, each with its folded lines and line
+/// endings, and the body after the empty line that ends them.
+pub fn fields(msg: &[u8]) -> (Vec<&[u8]>, &[u8]) {
     let end = msg
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(msg.len(), |p| p + 2);
     let (head, body) = msg.split_at(end);
-    let mut kept = Vec::with_capacity(msg.len());
-    let mut dropping = false;
-    for line in head.split_inclusive(|b| *b == b'\n') {
-        let folded = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
-        if !folded {
-            dropping = line.len() > name.len()
-                && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
-                && line[name.len()] == b':';
-        }
-        if !dropping {
-            kept.extend_from_slice(line);
+    let mut out: Vec<&[u8]> = Vec::new();
+    let mut start = 0;
+    for (i, b) in head.iter().enumerate() {
+        let next = head.get(i + 1);
+        if *b == b'\n' && !next.is_some_and(|n| *n == b' ' || *n == b'\t') {
+            out.push(&head[start..=i]);
+            start = i + 1;
         }
     }
+    if start < head.len() {
+        out.push(&head[start..]);
+    }
+    (out, body.strip_prefix(b"\r\n").unwrap_or(body))
+}
+
+/// Whether `field` (as [`fields`] gives it) is a `name` field, in any case.
+pub fn is_field(field: &[u8], name: &str) -> bool {
+    field.len() > name.len()
+        && field[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+        && field[name.len()] == b':'
+}
+
+/// Returns `msg` with every `name` header (its folded lines too) taken out
+/// of the header section and `name: value` prepended: for a header a
+/// message may carry only once, such as `Message-ID`.
+pub fn replacing_header(msg: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let (fields, body) = fields(msg);
+    let mut kept: Vec<u8> = fields
+        .into_iter()
+        .filter(|f| !is_field(f, name))
+        .flatten()
+        .copied()
+        .collect();
+    kept.extend_from_slice(b"\r\n");
     kept.extend_from_slice(body);
     with_header(&kept, name, value)
 }

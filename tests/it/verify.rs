@@ -69,48 +69,41 @@ fn check(install: &Install, cases: Vec<Case>) -> Vec<Value> {
 /// `raw` with its DKIM-Signature field (and its folded lines) moved to
 /// the end of the header section, below a line `X-Note` with no colon.
 fn hidden_below_a_colonless_line(raw: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8(raw.to_vec()).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let (mut signature, mut rest) = (String::new(), String::new());
-    let mut in_signature = false;
-    for line in head.split("\r\n") {
-        if !line.starts_with([' ', '\t']) {
-            in_signature = line.to_ascii_lowercase().starts_with("dkim-signature:");
-        }
-        let to = if in_signature {
-            &mut signature
-        } else {
-            &mut rest
-        };
-        to.push_str(line);
-        to.push_str("\r\n");
-    }
+    let (fields, body) = testkit::mail::fields(raw);
+    let (signature, rest): (Vec<&[u8]>, Vec<&[u8]>) = fields
+        .into_iter()
+        .partition(|f| testkit::mail::is_field(f, "DKIM-Signature"));
     assert!(!signature.is_empty(), "a signed message");
-    format!("{rest}X-Note\r\n{signature}\r\n{body}").into_bytes()
+    [
+        rest.concat(),
+        b"X-Note\r\n".to_vec(),
+        signature.concat(),
+        b"\r\n".to_vec(),
+        body.to_vec(),
+    ]
+    .concat()
 }
 
 /// `top` and then `raw`'s header section with a `Date` whose zone is one
 /// letter before each of its From, Subject and Message-ID fields, and its
 /// own (signed) Date last, so that DKIM still verifies.
 fn behind_one_letter_zones(raw: &[u8], top: &str) -> Vec<u8> {
-    let text = String::from_utf8(raw.to_vec()).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let mut out = top.to_string();
-    let mut date = String::new();
-    for line in head.split("\r\n") {
-        let name = line.split(':').next().unwrap().to_ascii_lowercase();
-        if name == "date" {
-            date = format!("{line}\r\n");
-            continue;
-        }
-        if ["from", "subject", "message-id"].contains(&name.as_str()) {
-            out.push_str("Date: Mon, 2 Nov 2026 09:58:12 Z\r\n");
-        }
-        out.push_str(line);
-        out.push_str("\r\n");
-    }
+    let (fields, body) = testkit::mail::fields(raw);
+    let (date, rest): (Vec<&[u8]>, Vec<&[u8]>) = fields
+        .into_iter()
+        .partition(|f| testkit::mail::is_field(f, "Date"));
     assert!(!date.is_empty(), "a dated message");
-    format!("{out}{date}\r\n{body}").into_bytes()
+    let mut out = top.as_bytes().to_vec();
+    for field in rest {
+        if ["From", "Subject", "Message-ID"]
+            .iter()
+            .any(|n| testkit::mail::is_field(field, n))
+        {
+            out.extend_from_slice(b"Date: Mon, 2 Nov 2026 09:58:12 Z\r\n");
+        }
+        out.extend_from_slice(field);
+    }
+    [out, date.concat(), b"\r\n".to_vec(), body.to_vec()].concat()
 }
 
 fn police_signed(subject: &str) -> Vec<u8> {
